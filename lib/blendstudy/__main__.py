@@ -1,0 +1,3 @@
+from blendstudy.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,45 @@
+"""COCO RLE encoding of binary masks (pycocotools)."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Sequence, Tuple
+
+import numpy as np
+from pycocotools import mask as mask_util
+
+
+def encode_rle(masks: np.ndarray) -> List[Dict[str, Any]]:
+    """(N, H, W) bool/uint8 -> list of COCO RLE dicts with `counts` as str (JSON-ready)."""
+    masks = np.asarray(masks)
+    if masks.ndim != 3:
+        raise ValueError(f"expected (N, H, W) masks, got shape {masks.shape}")
+    if masks.shape[0] == 0:
+        return []
+    rles = mask_util.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
+    out = []
+    for r in rles:
+        counts = r["counts"]
+        out.append({"size": [int(s) for s in r["size"]],
+                    "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts})
+    return out
+
+
+def decode_rle(rles: Sequence[Dict[str, Any]], image_size: Tuple[int, int]) -> np.ndarray:
+    """List of COCO RLE dicts -> (N, H, W) bool."""
+    h, w = image_size
+    if len(rles) == 0:
+        return np.zeros((0, h, w), dtype=bool)
+    fixed = [{"size": r["size"], "counts": r["counts"].encode("ascii") if isinstance(r["counts"], str)
+              else r["counts"]} for r in rles]
+    return mask_util.decode(fixed).transpose(2, 0, 1).astype(bool)
+
+
+def mask_iou_rle(a: Sequence[Dict[str, Any]], b: Sequence[Dict[str, Any]]) -> np.ndarray:
+    """Pairwise mask IoU (len(a), len(b)) between two lists of RLEs."""
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)))
+    fa = [{"size": r["size"], "counts": r["counts"].encode("ascii") if isinstance(r["counts"], str)
+           else r["counts"]} for r in a]
+    fb = [{"size": r["size"], "counts": r["counts"].encode("ascii") if isinstance(r["counts"], str)
+           else r["counts"]} for r in b]
+    return np.asarray(mask_util.iou(fa, fb, [0] * len(fb)))
