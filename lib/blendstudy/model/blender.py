@@ -1,0 +1,52 @@
+"""BlendMask's blender: ROIAlign the bases in each box, blend with the per-instance attention."""
+
+from __future__ import annotations
+
+from typing import List
+
+import torch
+import torch.nn.functional as F
+
+from blendstudy import ops
+from blendstudy.model.fcos import Proposals
+
+
+class Blender:
+    """Stateless (no parameters): pooled bases x softmax(upsampled attention), summed over bases."""
+
+    def __init__(self, num_bases: int, attn_size: int = 14, bottom_resolution: int = 56,
+                 pooler_scale: float = 0.25, sampling_ratio: int = 1, aligned: bool = True,
+                 top_interp: str = "bilinear"):
+        self.num_bases = num_bases
+        self.attn_size = attn_size
+        self.resolution = bottom_resolution
+        self.pooler_scale = pooler_scale
+        self.sampling_ratio = sampling_ratio
+        self.aligned = aligned
+        self.top_interp = top_interp
+
+    def pool(self, bases: torch.Tensor, proposals: List[Proposals]) -> torch.Tensor:
+        """(K, num_bases, R, R) bases cropped to every proposal box (ROIAlign)."""
+        rois = ops.boxes_to_rois([p.boxes for p in proposals])
+        r = self.resolution
+        return ops.roi_align(bases, rois, (r, r), self.pooler_scale, self.sampling_ratio, self.aligned)
+
+    def merge(self, pooled: torch.Tensor, attns: torch.Tensor) -> torch.Tensor:
+        """Mask logits (K, R, R) from pooled bases (K, B, R, R) and attentions (K, B*A*A)."""
+        k, b, h, w = pooled.shape
+        coeffs = attns.reshape(k, -1, self.attn_size, self.attn_size)
+        if self.top_interp == "nearest":
+            coeffs = F.interpolate(coeffs, (h, w), mode="nearest")
+        else:
+            coeffs = F.interpolate(coeffs, (h, w), mode=self.top_interp, align_corners=False)
+        return (pooled * coeffs.softmax(dim=1)).sum(dim=1)
+
+    def __call__(self, bases: torch.Tensor, proposals: List[Proposals]) -> List[torch.Tensor]:
+        """Mask probabilities (Ki, R, R) per image (sigmoid of the blended logits)."""
+        counts = [len(p) for p in proposals]
+        r = self.resolution
+        if sum(counts) == 0:
+            return [bases.new_zeros((0, r, r)) for _ in proposals]
+        attns = torch.cat([p.top_feats for p in proposals], dim=0)
+        probs = self.merge(self.pool(bases, proposals), attns).sigmoid()
+        return list(torch.split(probs, counts))

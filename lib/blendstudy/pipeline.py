@@ -1,0 +1,231 @@
+"""End-to-end inference: detectron2 DefaultPredictor's pre-processing, the model, its post-processing.
+
+One image in (BGR uint8 HxWx3, as read_image / cv2.imread give it), `Detections` out, in pixels of
+the original image. Every stage is its own method so the profiler times exactly what runs, and the
+optimization switches (blendstudy.optimize) change behaviour only through `PipelineOptions`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from blendstudy import ops
+from blendstudy.model.blendmask import BlendMask
+from blendstudy.model.fcos import HeadOutputs, Proposals
+from blendstudy.structures import Detections
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class PipelineOptions:
+    """How the pipeline runs. Defaults reproduce detectron2 + AdelaiDet exactly.
+
+    resize: "pil" = ResizeShortestEdge with PIL bilinear on uint8 on the CPU (detectron2);
+            "device" = bilinear F.interpolate on the device (the seed's P0).
+    decode: "reference" = AdelaiDet's decode (data-dependent shapes, host syncs);
+            "sync_free" = fixed-shape decode with no .cpu()/.item() until the results (P1).
+    pad_multiple: pad the input to a multiple of this (0 = the backbone's size divisibility, 32).
+    raw_masks: keep the R x R mask probabilities and skip pasting full-image masks.
+    dtype: compute dtype of the network ("float32", "float16", "bfloat16").
+    channels_last: NHWC memory format for the convolutions.
+    """
+
+    resize: str = "pil"
+    decode: str = "reference"
+    pad_multiple: int = 0
+    raw_masks: bool = False
+    dtype: str = "float32"
+    channels_last: bool = False
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+def resized_shape(h: int, w: int, short_edge: int, max_size: int) -> Tuple[int, int]:
+    """detectron2 ResizeShortestEdge.get_output_shape: (new_h, new_w) with the short side at
+    `short_edge` unless the long side would exceed `max_size`; rounded half up."""
+    size = short_edge * 1.0
+    scale = size / min(h, w)
+    if h < w:
+        newh, neww = size, scale * w
+    else:
+        newh, neww = scale * h, size
+    if max(newh, neww) > max_size:
+        scale = max_size * 1.0 / max(newh, neww)
+        newh = newh * scale
+        neww = neww * scale
+    return int(newh + 0.5), int(neww + 0.5)
+
+
+class Pipeline:
+    """Callable: `pipeline(image_bgr) -> Detections`. Stage methods are public for profiling."""
+
+    def __init__(self, model: BlendMask, min_size: int = 800, max_size: int = 1333,
+                 options: Optional[PipelineOptions] = None):
+        self.model = model.eval()
+        self.min_size = int(min_size)
+        self.max_size = int(max_size)
+        self.options = options or PipelineOptions()
+        if self.options.resize not in ("pil", "device"):
+            raise ValueError(f"resize must be 'pil' or 'device', not {self.options.resize!r}")
+        if self.options.decode not in ("reference", "sync_free"):
+            raise ValueError(f"decode must be 'reference' or 'sync_free', not {self.options.decode!r}")
+        if self.options.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, not {self.options.dtype!r}")
+
+    @classmethod
+    def from_config(cls, cfg: Any, model: BlendMask, options: Optional[PipelineOptions] = None) -> Pipeline:
+        return cls(model, cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, options)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return DTYPES[self.options.dtype]
+
+    @property
+    def pad_multiple(self) -> int:
+        return self.options.pad_multiple or self.model.size_divisibility
+
+    # ---- pre-processing -------------------------------------------------------------------
+    def target_size(self, h: int, w: int) -> Tuple[int, int]:
+        if self.min_size == 0:
+            return h, w
+        return resized_shape(h, w, self.min_size, self.max_size)
+
+    def resize_cpu(self, image: np.ndarray) -> np.ndarray:
+        """PIL bilinear resize on uint8 (detectron2's ResizeTransform); identity for "device"."""
+        if self.options.resize == "device":
+            return image
+        h, w = image.shape[:2]
+        nh, nw = self.target_size(h, w)
+        if (nh, nw) == (h, w):
+            return image
+        return np.asarray(Image.fromarray(image).resize((nw, nh), Image.BILINEAR))
+
+    def to_device(self, image: np.ndarray) -> torch.Tensor:
+        """HWC uint8 -> CHW on the device (uint8 when the device resizes: 4x less to copy)."""
+        if self.model.input_format == "RGB":
+            image = image[:, :, ::-1]
+        t = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        if self.options.resize == "device":
+            return t.to(self.device, non_blocking=True)
+        return t.to(self.device, non_blocking=True).float()
+
+    def resize_device(self, image: torch.Tensor) -> torch.Tensor:
+        """Bilinear (half-pixel centres, no antialias) on the device; float CHW out."""
+        if self.options.resize != "device":
+            return image
+        h, w = image.shape[-2:]
+        nh, nw = self.target_size(h, w)
+        x = image.float()
+        if (nh, nw) == (h, w):
+            return x
+        return F.interpolate(x[None], size=(nh, nw), mode="bilinear", align_corners=False)[0]
+
+    def normalize_pad(self, image: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
+        """(x - mean) / std, zero-pad bottom/right to the pad multiple. Returns the (1, 3, H', W')
+        batch in the compute dtype and the unpadded size (h, w)."""
+        h, w = image.shape[-2:]
+        x = (image - self.model.pixel_mean) / self.model.pixel_std
+        m = self.pad_multiple
+        ph, pw = ops.ceil_to_multiple(h, m), ops.ceil_to_multiple(w, m)
+        if (ph, pw) != (h, w):
+            x = F.pad(x, (0, pw - w, 0, ph - h), value=0.0)
+        x = x[None].to(self.dtype)
+        if self.options.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, (int(h), int(w))
+
+    def prepare(self, image: np.ndarray) -> Tuple[torch.Tensor, Tuple[int, int]]:
+        return self.normalize_pad(self.resize_device(self.to_device(self.resize_cpu(image))))
+
+    # ---- network --------------------------------------------------------------------------
+    def head_in_float(self, head: HeadOutputs) -> HeadOutputs:
+        if self.dtype == torch.float32:
+            return head
+        return HeadOutputs([t.float() for t in head.logits], [t.float() for t in head.box_reg],
+                           [t.float() for t in head.ctrness], head.top_feats)
+
+    def decode(self, head: HeadOutputs, input_size: Tuple[int, int]) -> Proposals:
+        head = self.head_in_float(head)
+        if self.options.decode == "sync_free":
+            from blendstudy.decode_sync_free import decode_sync_free
+
+            return decode_sync_free(head, [input_size], self.model.proposal_generator.settings)[0]
+        return self.model.decode(head, [input_size])[0]
+
+    def blend(self, bases: torch.Tensor, proposals: Proposals) -> torch.Tensor:
+        props = proposals
+        if props.top_feats.dtype != bases.dtype:
+            props = Proposals(props.boxes, props.scores, props.classes, props.top_feats.to(bases.dtype),
+                              props.levels, props.image_size, props.valid)
+        return self.model.blend(bases, [props])[0].float()
+
+    # ---- post-processing ------------------------------------------------------------------
+    def rescale(self, proposals: Proposals, masks: torch.Tensor, input_size: Tuple[int, int],
+                output_size: Tuple[int, int]) -> Tuple[Proposals, torch.Tensor, torch.Tensor]:
+        """detectron2's detector_postprocess on boxes: scale to the output size, clip, and drop
+        empty boxes. Returns (proposals, mask probabilities, boxes in output pixels)."""
+        oh, ow = output_size
+        ih, iw = input_size
+        scale = torch.tensor([ow / iw, oh / ih, ow / iw, oh / ih], device=proposals.boxes.device)
+        boxes = proposals.boxes * scale
+        boxes = torch.stack([boxes[:, 0].clamp(0, ow), boxes[:, 1].clamp(0, oh),
+                             boxes[:, 2].clamp(0, ow), boxes[:, 3].clamp(0, oh)], dim=1)
+        nonempty = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        if proposals.valid is not None:
+            nonempty = nonempty & proposals.valid
+        if self.options.decode == "sync_free":
+            # keep shapes fixed until extraction; invalid rows are dropped there
+            return Proposals(proposals.boxes, proposals.scores, proposals.classes, proposals.top_feats,
+                             proposals.levels, proposals.image_size, nonempty), masks, boxes
+        keep = torch.nonzero(nonempty).squeeze(1)
+        return proposals.select(keep), masks[keep], boxes[keep]
+
+    def paste(self, masks: torch.Tensor, boxes: torch.Tensor, output_size: Tuple[int, int]) -> Optional[torch.Tensor]:
+        if self.options.raw_masks:
+            return None
+        return ops.paste_masks(masks, boxes, output_size, threshold=0.5)
+
+    def extract(self, proposals: Proposals, boxes: torch.Tensor, masks: torch.Tensor,
+                full_masks: Optional[torch.Tensor], output_size: Tuple[int, int]) -> Detections:
+        """Move results to the host as Detections (the one sync of the sync-free path)."""
+        if proposals.valid is not None:
+            keep = proposals.valid.cpu()
+            boxes, masks = boxes.cpu()[keep], masks.cpu()[keep]
+            scores, classes = proposals.scores.cpu()[keep], proposals.classes.cpu()[keep]
+            full = full_masks.cpu()[keep] if full_masks is not None else None
+        else:
+            boxes, masks = boxes.cpu(), masks.cpu()
+            scores, classes = proposals.scores.cpu(), proposals.classes.cpu()
+            full = full_masks.cpu() if full_masks is not None else None
+        return Detections(boxes=boxes.float(), scores=scores.float(), classes=classes.long(),
+                          image_size=output_size, masks=full,
+                          raw_masks=masks.float() if self.options.raw_masks else None)
+
+    # ---- all together ---------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(self, image: np.ndarray) -> Detections:
+        output_size = (int(image.shape[0]), int(image.shape[1]))
+        batch, input_size = self.prepare(image)
+        features = self.model.extract_features(batch)
+        head = self.model.predict_head(features)
+        proposals = self.decode(head, input_size)
+        bases = self.model.compute_bases(features)
+        masks = self.blend(bases, proposals)
+        proposals, masks, boxes = self.rescale(proposals, masks, input_size, output_size)
+        full = self.paste(masks, boxes, output_size)
+        return self.extract(proposals, boxes, masks, full, output_size)
+
+    def run_many(self, images: List[np.ndarray]) -> List[Detections]:
+        return [self(im) for im in images]
