@@ -165,15 +165,17 @@ class Pipeline:
         return self.model.decode(head, [input_size])[0]
 
     def blend(self, bases: torch.Tensor, proposals: Proposals) -> torch.Tensor:
+        """Mask probabilities (K, R, R) in float32: ROIAlign coordinates lose pixels in 16-bit."""
         props = proposals
-        if props.top_feats.dtype != bases.dtype:
-            props = Proposals(props.boxes, props.scores, props.classes, props.top_feats.to(bases.dtype),
+        if props.top_feats.dtype != torch.float32:
+            props = Proposals(props.boxes, props.scores, props.classes, props.top_feats.float(),
                               props.levels, props.image_size, props.valid)
-        return self.model.blend(bases, [props])[0].float()
+        return self.model.blend(bases.float(), [props])[0]
 
     # ---- post-processing ------------------------------------------------------------------
     def rescale(self, proposals: Proposals, masks: torch.Tensor, input_size: Tuple[int, int],
-                output_size: Tuple[int, int]) -> Tuple[Proposals, torch.Tensor, torch.Tensor]:
+                output_size: Tuple[int, int], fixed_shape: bool = False
+                ) -> Tuple[Proposals, torch.Tensor, torch.Tensor]:
         """detectron2's detector_postprocess on boxes: scale to the output size, clip, and drop
         empty boxes. Returns (proposals, mask probabilities, boxes in output pixels)."""
         oh, ow = output_size
@@ -185,7 +187,7 @@ class Pipeline:
         nonempty = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
         if proposals.valid is not None:
             nonempty = nonempty & proposals.valid
-        if self.options.decode == "sync_free":
+        if fixed_shape:
             # keep shapes fixed until extraction; invalid rows are dropped there
             return Proposals(proposals.boxes, proposals.scores, proposals.classes, proposals.top_feats,
                              proposals.levels, proposals.image_size, nonempty), masks, boxes
@@ -220,12 +222,31 @@ class Pipeline:
         batch, input_size = self.prepare(image)
         features = self.model.extract_features(batch)
         head = self.model.predict_head(features)
-        proposals = self.decode(head, input_size)
         bases = self.model.compute_bases(features)
+        det = self.finish(head, bases, input_size, output_size)
+        if not bool(getattr(det, "extras", {}).get("decode_converged", True)):
+            # the fixed-shape NMS did not reach its fixed point on this image (very rare): redo
+            # the decode exactly; the result is then identical to the reference path
+            det = self.finish(head, bases, input_size, output_size, decode="reference")
+            det.extras["decode_fallback"] = True
+        return det
+
+    def finish(self, head: HeadOutputs, bases: torch.Tensor, input_size: Tuple[int, int],
+               output_size: Tuple[int, int], decode: Optional[str] = None) -> Detections:
+        """decode -> blend -> rescale -> paste -> extract for one image."""
+        if decode == "reference":
+            proposals = self.model.decode(self.head_in_float(head), [input_size])[0]
+        else:
+            proposals = self.decode(head, input_size)
+        converged = getattr(proposals, "converged", None)
         masks = self.blend(bases, proposals)
-        proposals, masks, boxes = self.rescale(proposals, masks, input_size, output_size)
+        proposals, masks, boxes = self.rescale(proposals, masks, input_size, output_size,
+                                               fixed_shape=proposals.valid is not None)
         full = self.paste(masks, boxes, output_size)
-        return self.extract(proposals, boxes, masks, full, output_size)
+        det = self.extract(proposals, boxes, masks, full, output_size)
+        if converged is not None:
+            det.extras["decode_converged"] = bool(converged)
+        return det
 
     def run_many(self, images: List[np.ndarray]) -> List[Detections]:
         return [self(im) for im in images]

@@ -1,0 +1,419 @@
+"""Tables, figures and the results JSON of a study run.
+
+Tables are pandas DataFrames (latencies in milliseconds, throughput in images/s, changes as signed
+percentage strings such as "-72.6%"). Figures are drawn on matplotlib ``Figure`` objects with an
+Agg canvas -- no pyplot state, so nothing global changes and nothing needs closing in a notebook --
+saved as PNG, and their Path returned.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import math
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import pandas as pd
+
+from blendstudy.timing import LatencyRun, LatencyStats
+
+if TYPE_CHECKING:
+    from blendstudy.accuracy import AccuracyReport, CocoMetrics
+
+PathLike = Union[str, "os.PathLike[str]"]
+LatencyLike = Union[LatencyStats, LatencyRun, float, int]
+
+
+# ----------------------------------------------------------------------------- JSON
+
+
+def to_jsonable(obj: Any) -> Any:
+    """A JSON-ready copy of ``obj``: dataclasses -> dicts (recursively), numpy / torch scalars and
+    arrays -> Python numbers and lists, Paths and devices -> str, NaN / inf -> None, sets -> sorted
+    lists, DataFrames -> list of row dicts; anything else unknown -> str(obj)."""
+    if obj is None or isinstance(obj, (bool, str)):
+        return obj
+    if isinstance(obj, int):
+        return int(obj)
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, np.generic):
+        return to_jsonable(obj.item())
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Mapping):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, (set, frozenset)):
+        items = [to_jsonable(v) for v in obj]
+        try:
+            return sorted(items)
+        except TypeError:
+            return sorted(items, key=repr)
+    if isinstance(obj, pd.DataFrame):
+        return to_jsonable(obj.to_dict(orient="records"))
+    if isinstance(obj, pd.Series):
+        return to_jsonable(obj.to_dict())
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    try:
+        import torch
+
+        if isinstance(obj, torch.Tensor):
+            return to_jsonable(obj.detach().cpu().tolist())
+    except ImportError:  # pragma: no cover
+        pass
+    return str(obj)
+
+
+def write_results(
+    path: PathLike,
+    name: str,
+    params: Mapping[str, Any],
+    figures: Mapping[str, PathLike],
+    device: Any = None,
+    extra: Any = None,
+) -> Dict[str, Any]:
+    """Write one results JSON for a run and return what was written.
+
+    ``path``: the JSON file, or a directory (then ``<dir>/<name>.json``). The record holds
+    {name, created (ISO-8601 UTC), created_by ("blendstudy <version>"), params, environment
+    (device.environment_info(device)), figures (paths relative to the JSON's folder where
+    possible), extra}. Dataclasses and arrays are made serialisable by :func:`to_jsonable`.
+    """
+    from blendstudy import __version__
+    from blendstudy.device import environment_info
+
+    p = Path(path)
+    if p.suffix.lower() != ".json":
+        p = p / f"{name}.json"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    base = p.parent.resolve()
+
+    def rel(fig: PathLike) -> str:
+        fp = Path(fig).resolve()
+        try:
+            return fp.relative_to(base).as_posix()
+        except ValueError:
+            return str(fp)
+
+    dev = None
+    if device is not None:
+        import torch
+
+        dev = torch.device(device)
+    record = {
+        "name": name,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created_by": f"blendstudy {__version__}",
+        "params": to_jsonable(dict(params)),
+        "environment": to_jsonable(environment_info(dev)),
+        "figures": {str(k): rel(v) for k, v in figures.items()},
+        "extra": to_jsonable(extra),
+    }
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, p)
+    return record
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def _latency_ms(value: LatencyLike) -> float:
+    """Mean latency in ms of a LatencyStats / LatencyRun, or a number already in ms."""
+    if isinstance(value, LatencyRun):
+        return float(value.stats.mean)
+    if isinstance(value, LatencyStats):
+        return float(value.mean)
+    return float(value)
+
+
+def pct_change(new: float, old: float) -> str:
+    """Signed percentage change from ``old`` to ``new``: pct_change(39.5, 144) == "-72.6%"."""
+    return f"{(new / old - 1.0) * 100.0:+.1f}%"
+
+
+def latency_table(
+    rows: Sequence[Tuple[str, Union[LatencyStats, LatencyRun]]],
+    baseline: Optional[Union[int, str]] = None,
+) -> pd.DataFrame:
+    """One row per version: version, latency_ms (mean), P50, P90, P99 (ms), throughput (images/s)
+    and improvement (mean latency vs the baseline row as "-72.6%"; "baseline" on that row).
+    ``baseline``: row index or version name; default the first row."""
+    rows = list(rows)
+    if not rows:
+        raise ValueError("latency_table needs at least one row")
+    stats = [s.stats if isinstance(s, LatencyRun) else s for _, s in rows]
+    names = [str(n) for n, _ in rows]
+    if baseline is None:
+        b = 0
+    elif isinstance(baseline, str):
+        if baseline not in names:
+            raise ValueError(f"baseline {baseline!r} is not one of {names}")
+        b = names.index(baseline)
+    else:
+        b = int(baseline)
+    base = stats[b].mean
+    return pd.DataFrame({
+        "version": names,
+        "latency_ms": [s.mean for s in stats],
+        "P50": [s.p50 for s in stats],
+        "P90": [s.p90 for s in stats],
+        "P99": [s.p99 for s in stats],
+        "throughput": [s.throughput for s in stats],
+        "improvement": ["baseline" if i == b else pct_change(s.mean, base) for i, s in enumerate(stats)],
+    })
+
+
+def stage_chain_table(rows: Sequence[Tuple[str, str, LatencyLike]]) -> pd.DataFrame:
+    """The optimization chain: stage, change, latency_ms (mean, ms), relative (vs the previous
+    stage) and cumulative (vs the first stage), both as "-20.1%"; "baseline" on the first row."""
+    rows = list(rows)
+    if not rows:
+        raise ValueError("stage_chain_table needs at least one row")
+    ms = [_latency_ms(v) for _, _, v in rows]
+    relative = ["baseline"] + [pct_change(ms[i], ms[i - 1]) for i in range(1, len(ms))]
+    cumulative = ["baseline"] + [pct_change(ms[i], ms[0]) for i in range(1, len(ms))]
+    return pd.DataFrame({
+        "stage": [str(s) for s, _, _ in rows],
+        "change": [str(c) for _, c, _ in rows],
+        "latency_ms": ms,
+        "relative": relative,
+        "cumulative": cumulative,
+    })
+
+
+def accuracy_table(reports: Mapping[str, AccuracyReport]) -> pd.DataFrame:
+    """One row per comparison (e.g. "npu vs cpu"): instance counts, IoU / score / class agreement,
+    losses, images missing on either side and the default gate verdict (pass / FAIL)."""
+    out: List[Dict[str, Any]] = []
+    for name, r in reports.items():
+        out.append({
+            "comparison": str(name),
+            "images": r.images,
+            "ref_instances": r.ref_instances,
+            "test_instances": r.test_instances,
+            "matched": r.matched,
+            "mean_box_iou": r.mean_box_iou,
+            "min_box_iou": r.min_box_iou,
+            "mean_score_diff": r.mean_score_diff,
+            "max_score_diff": r.max_score_diff,
+            "class_agreement": r.class_agreement,
+            "mean_mask_iou": r.mean_mask_iou,
+            "unmatched_ref": r.unmatched_ref,
+            "unmatched_test": r.unmatched_test,
+            f"lost_above_{r.gate_score:g}": r.lost_above,
+            "missing_images": len(r.only_in_ref) + len(r.only_in_test),
+            "gate": "pass" if r.passes_gate() else "FAIL",
+        })
+    return pd.DataFrame(out)
+
+
+def coco_table(
+    metrics: Mapping[str, CocoMetrics],
+    reference: Optional[Mapping[str, Mapping[str, float]]] = None,
+) -> pd.DataFrame:
+    """COCO AP (percent) beside reference values, with the protocol that produced each number.
+
+    ``metrics``: label -> CocoMetrics (e.g. the dict evaluate_coco returns, keyed by iou type).
+    ``reference``: source -> {iou type -> AP}, e.g. {"model card": {"bbox": 44.8, "segm": 39.5},
+    "seed": {"bbox": 38.0, "segm": 34.2}}; adds "AP <source>" and "diff <source>" (ours minus
+    theirs) columns. Protocol columns: images, detections, dets/image, score_thresh, max_dets.
+    """
+    reference = reference or {}
+    out: List[Dict[str, Any]] = []
+    for label, m in metrics.items():
+        row: Dict[str, Any] = {"run": str(label), "iou_type": m.iou_type, "AP": m.AP, "AP50": m.AP50,
+                               "AP75": m.AP75, "APs": m.APs, "APm": m.APm, "APl": m.APl}
+        for source, values in reference.items():
+            ref = values.get(m.iou_type)
+            row[f"AP {source}"] = ref
+            row[f"diff {source}"] = None if ref is None else m.AP - float(ref)
+        row.update({
+            "images": m.num_images,
+            "detections": m.num_detections,
+            "dets/image": m.detections_per_image,
+            "score_thresh": m.score_thresh,
+            "max_dets": m.max_dets,
+        })
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def to_markdown(df: pd.DataFrame, floatfmt: str = ".2f", missing: str = "-") -> str:
+    """GitHub-flavoured markdown of a table (no index); NaN / None shown as ``missing``."""
+    clean = df.astype(object).where(df.notna(), None)
+    return clean.to_markdown(index=False, floatfmt=floatfmt, missingval=missing)
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def _figure(figsize: Tuple[float, float]):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path: PathLike) -> Path:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(p, dpi=110, format="png")
+    fig.clf()
+    return p
+
+
+def _long_samples(samples: Mapping[str, Sequence[float]]) -> pd.DataFrame:
+    rows = [(str(name), float(v)) for name, vals in samples.items() for v in vals]
+    if not rows:
+        raise ValueError("no latency samples to plot")
+    return pd.DataFrame(rows, columns=["version", "ms"])
+
+
+def plot_latency_distribution(samples: Mapping[str, Sequence[float]], path: PathLike,
+                              title: str = "Per-image latency") -> Path:
+    """Violin (with quartiles) plus the individual samples per version; x axis in ms."""
+    import seaborn as sns
+
+    df = _long_samples(samples)
+    order = list(dict.fromkeys(df["version"]))
+    with sns.axes_style("whitegrid"):
+        fig = _figure((7.0, 1.0 + 0.7 * len(order)))
+        ax = fig.add_subplot()
+        sns.violinplot(data=df, x="ms", y="version", order=order, hue="version", hue_order=order,
+                       legend=False, cut=0, inner="quartile", density_norm="width", ax=ax)
+        sns.stripplot(data=df, x="ms", y="version", order=order, color="k", size=2, alpha=0.4,
+                      jitter=0.15, ax=ax)
+        for i, name in enumerate(order):
+            vals = df.loc[df["version"] == name, "ms"]
+            ax.annotate(f"p50 {float(np.median(vals)):.1f} ms", (float(vals.max()), i), xytext=(6, 0),
+                        textcoords="offset points", ha="left", va="center", fontsize=8)
+        lo, hi = float(df["ms"].min()), float(df["ms"].max())
+        ax.set_xlim(lo - 0.05 * (hi - lo + 1.0), hi + 0.25 * (hi - lo + 1.0))
+        ax.set_xlabel("latency per image (ms)")
+        ax.set_ylabel("")
+        ax.set_title(title)
+    return _save(fig, path)
+
+
+def plot_latency_cdf(samples: Mapping[str, Sequence[float]], path: PathLike,
+                     title: str = "Latency CDF", log_x: bool = False) -> Path:
+    """Empirical CDF of per-image latency (ms) per version, with the p50 / p99 levels marked."""
+    import seaborn as sns
+
+    df = _long_samples(samples)
+    with sns.axes_style("whitegrid"):
+        fig = _figure((7.0, 4.0))
+        ax = fig.add_subplot()
+        sns.ecdfplot(data=df, x="ms", hue="version", ax=ax, log_scale=log_x)
+        for q in (0.5, 0.99):
+            ax.axhline(q, color="0.6", lw=0.8, ls="--")
+            ax.text(1.0, q, f" p{int(q * 100)}", transform=ax.get_yaxis_transform(), va="center",
+                    fontsize=8, color="0.4")
+        ax.set_xlabel("latency per image (ms)")
+        ax.set_ylabel("fraction of images")
+        ax.set_title(title)
+    return _save(fig, path)
+
+
+def plot_stage_breakdown(data: Union[pd.DataFrame, Mapping[str, Mapping[str, float]]], path: PathLike,
+                         title: str = "Where the time goes") -> Path:
+    """Stacked horizontal bars: one bar per run, one segment per pipeline stage (ms), total at the
+    end. ``data``: {run: {stage: ms}} or a DataFrame with runs as index and stages as columns."""
+    import seaborn as sns
+
+    if isinstance(data, pd.DataFrame):
+        df = data.copy()
+    else:
+        stages = list(dict.fromkeys(s for per_run in data.values() for s in per_run))
+        df = pd.DataFrame([[float(per_run.get(s, 0.0)) for s in stages] for per_run in data.values()],
+                          index=[str(k) for k in data.keys()], columns=stages)
+    df = df.fillna(0.0).astype(float)
+    if df.empty:
+        raise ValueError("no stage timings to plot")
+    colors = sns.color_palette("tab10", n_colors=max(len(df.columns), 1))
+    with sns.axes_style("whitegrid"):
+        fig = _figure((8.0, 1.4 + 0.6 * len(df)))
+        ax = fig.add_subplot()
+        y = np.arange(len(df))
+        left = np.zeros(len(df))
+        for k, stage in enumerate(df.columns):
+            vals = df[stage].to_numpy()
+            ax.barh(y, vals, left=left, color=colors[k % len(colors)], label=str(stage))
+            left += vals
+        for yi, total in zip(y, left):
+            ax.text(total, yi, f" {total:.1f} ms", va="center", fontsize=8)
+        ax.set_yticks(y, [str(i) for i in df.index])
+        ax.invert_yaxis()
+        ax.set_xlim(0, float(left.max()) * 1.15 if left.max() > 0 else 1.0)
+        ax.set_xlabel("ms per image")
+        ax.set_title(title)
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
+    return _save(fig, path)
+
+
+def plot_speedup_waterfall(stages: Sequence[Tuple[str, float]], path: PathLike,
+                           title: Optional[str] = None) -> Path:
+    """Waterfall from the baseline latency to the last stage's (all ms): the first bar is the
+    baseline, each following bar floats between the previous and its own latency (green when it
+    saves time, red when it costs), a final bar shows the result. Bars carry the ms change and
+    the percent change vs the previous stage."""
+    stages = [(str(n), float(ms)) for n, ms in stages]
+    if not stages:
+        raise ValueError("no stages to plot")
+    import seaborn as sns
+
+    names = [n for n, _ in stages]
+    ms = [v for _, v in stages]
+    with sns.axes_style("whitegrid"):
+        fig = _figure((max(6.0, 1.1 * (len(stages) + 1)), 4.5))
+        ax = fig.add_subplot()
+        ax.bar(0, ms[0], color="0.55")
+        ax.text(0, ms[0], f"{ms[0]:.1f}", ha="center", va="bottom", fontsize=8)
+        for i in range(1, len(ms)):
+            lo, hi = sorted((ms[i - 1], ms[i]))
+            color = "tab:green" if ms[i] <= ms[i - 1] else "tab:red"
+            ax.bar(i, hi - lo, bottom=lo, color=color)
+            ax.plot([i - 1.4, i + 0.4], [ms[i - 1], ms[i - 1]], color="0.4", lw=0.7, ls=":")
+            ax.text(i, hi, f"{ms[i] - ms[i - 1]:+.1f}\n({pct_change(ms[i], ms[i - 1])})",
+                    ha="center", va="bottom", fontsize=7)
+        labels = list(names)
+        if len(ms) > 1:
+            k = len(ms)
+            ax.bar(k, ms[-1], color="tab:blue")
+            ax.plot([k - 1.4, k + 0.4], [ms[-1], ms[-1]], color="0.4", lw=0.7, ls=":")
+            ax.text(k, ms[-1], f"{ms[-1]:.1f}\n({ms[0] / ms[-1]:.2f}x)", ha="center", va="bottom",
+                    fontsize=8)
+            labels.append("result")
+        ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
+        ax.set_ylim(0, max(ms) * 1.2)
+        ax.set_ylabel("latency per image (ms)")
+        ax.set_title(title or f"{names[0]} {ms[0]:.1f} ms -> {names[-1]} {ms[-1]:.1f} ms")
+    return _save(fig, path)
+
+
+__all__ = [
+    "to_jsonable",
+    "write_results",
+    "pct_change",
+    "latency_table",
+    "stage_chain_table",
+    "accuracy_table",
+    "coco_table",
+    "to_markdown",
+    "plot_latency_distribution",
+    "plot_latency_cdf",
+    "plot_stage_breakdown",
+    "plot_speedup_waterfall",
+]

@@ -1,0 +1,321 @@
+"""Accuracy instruments: run-vs-run comparison, COCO evaluation, resumable COCO runs."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from blendstudy.accuracy import (
+    box_iou_matrix,
+    coco_from_dict,
+    compare_runs,
+    detections_to_coco,
+    evaluate_coco,
+    match_instances,
+    run_coco_evaluation,
+)
+from blendstudy.masks import decode_rle
+from blendstudy.structures import Detections
+
+
+def make_det(boxes, scores, classes, size=(40, 40), masks=None) -> Detections:
+    return Detections(
+        boxes=torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+        scores=torch.tensor(scores, dtype=torch.float32).reshape(-1),
+        classes=torch.tensor(classes, dtype=torch.int64).reshape(-1),
+        image_size=size,
+        masks=None if masks is None else torch.as_tensor(masks, dtype=torch.bool),
+    )
+
+
+def box_masks(boxes, size=(40, 40)) -> np.ndarray:
+    m = np.zeros((len(boxes), *size), dtype=bool)
+    for k, (x0, y0, x1, y1) in enumerate(boxes):
+        m[k, int(y0):int(y1), int(x0):int(x1)] = True
+    return m
+
+
+# ----------------------------------------------------------------------------- compare_runs
+
+
+def test_box_iou_matrix_hand_values():
+    iou = box_iou_matrix(np.array([[0, 0, 10, 10]]), np.array([[2, 0, 12, 10], [20, 20, 30, 30]]))
+    assert iou[0, 0] == pytest.approx(80 / 120)
+    assert iou[0, 1] == 0.0
+    assert box_iou_matrix(np.zeros((0, 4)), np.zeros((3, 4))).shape == (0, 3)
+
+
+def test_identical_runs():
+    boxes = [[0, 0, 10, 10], [15, 15, 30, 35]]
+    run = {"img1": make_det(boxes, [0.9, 0.6], [1, 2], masks=box_masks(boxes)),
+           "img2": make_det([[5, 5, 20, 20]], [0.4], [0], masks=box_masks([[5, 5, 20, 20]]))}
+    rep = compare_runs(run, run)
+    assert rep.images == 2 and rep.matched == 3 == rep.ref_instances == rep.test_instances
+    assert rep.mean_box_iou == pytest.approx(1.0) and rep.min_box_iou == pytest.approx(1.0)
+    assert rep.mean_score_diff == 0.0 and rep.max_score_diff == 0.0
+    assert rep.class_agreement == 1.0
+    assert rep.mean_mask_iou == pytest.approx(1.0)
+    assert rep.unmatched_ref == rep.unmatched_test == rep.lost_above == 0
+    assert rep.passes_gate()
+    assert len(rep.per_image) == 2 and list(rep.per_image_frame()["image"]) == ["img1", "img2"]
+    json.dumps(rep.to_dict())
+
+
+def test_shifted_box_lowers_iou_by_hand_computed_amount():
+    ref = {"a": make_det([[0, 0, 10, 10], [20, 20, 30, 30]], [0.9, 0.8], [0, 1])}
+    # second box shifted 2 px right: intersection 8*10, union 12*10 -> IoU 2/3; scores +0.05
+    test = {"a": make_det([[0, 0, 10, 10], [22, 20, 32, 30]], [0.9, 0.85], [0, 3])}
+    rep = compare_runs(ref, test)
+    assert rep.matched == 2
+    assert rep.min_box_iou == pytest.approx(2 / 3)
+    assert rep.mean_box_iou == pytest.approx((1 + 2 / 3) / 2)
+    assert rep.max_score_diff == pytest.approx(0.05, abs=1e-6)
+    assert rep.mean_score_diff == pytest.approx(0.025, abs=1e-6)
+    assert rep.class_agreement == 0.5
+    assert rep.mean_mask_iou is None  # no masks on either side
+    assert not rep.passes_gate()  # mean IoU 0.83 < 0.99
+    assert rep.passes_gate(min_mean_iou=0.8)
+
+
+def test_dropped_high_score_instance_is_lost():
+    ref = {"a": make_det([[0, 0, 10, 10], [20, 20, 30, 30], [0, 20, 5, 30]], [0.9, 0.8, 0.1], [0, 0, 0]),
+           "only_ref": make_det([[0, 0, 1, 1]], [0.5], [0])}
+    test = {"a": make_det([[0, 0, 10, 10]], [0.9], [0]),
+            "only_test": make_det([[0, 0, 1, 1]], [0.5], [0])}
+    rep = compare_runs(ref, test, gate_score=0.3)
+    assert rep.images == 1
+    assert rep.unmatched_ref == 2 and rep.unmatched_test == 0
+    assert rep.lost_above == 1  # the 0.8 one; the 0.1 one is below the gate
+    assert rep.only_in_ref == ["only_ref"] and rep.only_in_test == ["only_test"]
+    assert not rep.passes_gate()
+    assert not rep.passes_gate(max_lost=1)  # images missing on one side
+    assert rep.passes_gate(max_lost=1, allow_missing_images=True)
+
+
+def test_match_instances_greedy_by_reference_score():
+    # both reference boxes overlap test box 0; the higher-scoring reference (index 1) gets it
+    ref = make_det([[0, 0, 10, 10], [0, 0, 10, 11]], [0.3, 0.9], [0, 0])
+    test = make_det([[0, 0, 10, 11], [50, 50, 60, 60]], [0.5, 0.5], [0, 0])
+    matches = match_instances(ref, test, iou_thresh=0.5)
+    assert [(m.ref_index, m.test_index) for m in matches] == [(1, 0)]
+    assert matches[0].box_iou == pytest.approx(1.0)
+    assert match_instances(ref, make_det([], [], []), 0.5) == []
+
+
+# ----------------------------------------------------------------------------- COCO evaluation
+
+CATS = [{"id": 1, "name": "one"}, {"id": 3, "name": "three"}]
+CONTIG = [1, 3]  # contiguous 0 -> category 1, 1 -> category 3
+
+
+def _ann(ann_id, image_id, cat, x, y, w, h):
+    return {"id": ann_id, "image_id": image_id, "category_id": cat, "bbox": [x, y, w, h],
+            "area": float(w * h), "iscrowd": 0,
+            "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]]}
+
+
+@pytest.fixture(scope="module")
+def gt():
+    # 40x40 boxes: COCO "medium" area (32^2 .. 96^2)
+    return coco_from_dict({
+        "images": [{"id": 1, "width": 100, "height": 100, "file_name": "1.png"},
+                   {"id": 2, "width": 100, "height": 100, "file_name": "2.png"}],
+        "categories": CATS,
+        "annotations": [_ann(1, 1, 1, 10, 10, 40, 40), _ann(2, 1, 3, 55, 55, 40, 40),
+                        _ann(3, 2, 1, 20, 30, 40, 40)],
+    })
+
+
+def _gt_detections(gt, image_id, shift=0) -> Detections:
+    anns = gt.loadAnns(gt.getAnnIds(imgIds=[image_id]))
+    boxes = [[a["bbox"][0] + shift, a["bbox"][1], a["bbox"][0] + a["bbox"][2] + shift,
+              a["bbox"][1] + a["bbox"][3]] for a in anns]
+    img = gt.imgs[image_id]
+    size = (img["height"], img["width"])
+    masks = np.stack([np.roll(decode_rle([gt.annToRLE(a)], size)[0], shift, axis=1) for a in anns])
+    classes = [CONTIG.index(a["category_id"]) for a in anns]
+    scores = [1.0 - 0.1 * k for k in range(len(anns))]
+    return make_det(boxes, scores, classes, size=size, masks=masks)
+
+
+def test_detections_to_coco_layout(gt):
+    recs = detections_to_coco(_gt_detections(gt, 1), 1, CONTIG)
+    assert [r["category_id"] for r in recs] == [1, 3]
+    assert recs[0]["bbox"] == [10.0, 10.0, 40.0, 40.0]
+    assert recs[0]["score"] == 1.0 and recs[0]["image_id"] == 1
+    assert isinstance(recs[0]["segmentation"]["counts"], str)
+    json.dumps(recs)
+    # a dict mapping works too, and no masks -> no segmentation
+    d = make_det([[0, 0, 4, 4]], [0.5], [1])
+    assert detections_to_coco(d, 7, {0: 1, 1: 3}) == [
+        {"image_id": 7, "category_id": 3, "bbox": [0.0, 0.0, 4.0, 4.0], "score": 0.5}]
+
+
+def test_coco_ap_perfect_predictions(gt):
+    preds = [r for i in (1, 2) for r in detections_to_coco(_gt_detections(gt, i), i, CONTIG)]
+    m = evaluate_coco(gt, preds, score_thresh=0.05)
+    for t in ("bbox", "segm"):
+        assert m[t].AP == pytest.approx(100.0)
+        assert m[t].AP50 == pytest.approx(100.0) and m[t].APm == pytest.approx(100.0)
+        assert math.isnan(m[t].APs) and math.isnan(m[t].APl)  # no small / large ground truth
+        assert m[t].num_images == 2 and m[t].num_detections == 3
+        assert m[t].detections_per_image == pytest.approx(1.5)
+        assert m[t].score_thresh == 0.05 and m[t].max_dets == 100
+        assert "Average Precision" in m[t].summary
+    assert "image_id" in preds[0] and "area" not in preds[0]  # caller's list not modified
+    json.dumps(m["bbox"].to_dict())
+
+
+def test_coco_ap_shifted_predictions(gt):
+    # a 4 px shift of a 40 px box: IoU = 36/44 = 0.818 -> matched at IoU thresholds
+    # 0.50, 0.55, ..., 0.80 (7 of 10), missed at 0.85..0.95 -> AP = 70, AP50 = 100, AP75 = 100
+    preds = [r for i in (1, 2) for r in detections_to_coco(_gt_detections(gt, i, shift=4), i, CONTIG)]
+    m = evaluate_coco(gt, preds)
+    for t in ("bbox", "segm"):
+        assert m[t].AP == pytest.approx(70.0)
+        assert m[t].AP50 == pytest.approx(100.0)
+        assert m[t].AP75 == pytest.approx(100.0)
+
+
+def test_coco_eval_restricted_to_predicted_images(gt):
+    preds = detections_to_coco(_gt_detections(gt, 1), 1, CONTIG)
+    only1 = evaluate_coco(gt, preds, iou_types=("bbox",))["bbox"]
+    assert only1.num_images == 1 and only1.num_gt_images == 2
+    assert only1.AP == pytest.approx(100.0)
+    # image 2 processed but nothing found: its ground truth counts as missed.
+    # category 1: recall 0.5 at precision 1 -> 51 of 101 recall points; category 3: 1.0
+    both = evaluate_coco(gt, preds, iou_types=("bbox",), image_ids=[1, 2])["bbox"]
+    assert both.num_images == 2
+    assert both.AP == pytest.approx(100 * (51 / 101 + 1) / 2)
+    empty = evaluate_coco(gt, [], iou_types=("bbox",), image_ids=[1])["bbox"]
+    assert empty.AP == 0.0 and empty.num_detections == 0
+
+
+def test_coco_eval_caps_detections_per_image(gt):
+    preds = detections_to_coco(_gt_detections(gt, 1), 1, CONTIG)
+    junk = [{"image_id": 1, "category_id": 1, "bbox": [0.0, 0.0, 2.0, 2.0], "score": 0.01}] * 12
+    m = evaluate_coco(gt, preds + junk, iou_types=("bbox",), max_dets=10)["bbox"]
+    assert m.num_detections == 10 and m.dropped_by_max_dets == 4
+    assert m.AP == pytest.approx(100.0)
+
+
+# ----------------------------------------------------------------------------- resumable run
+
+IDS = [11, 12, 13, 14, 15, 16]
+BAD = 14
+
+
+class FakeReadError(ValueError):
+    pass
+
+
+@pytest.fixture(scope="module")
+def small_gt():
+    return coco_from_dict({
+        "images": [{"id": i, "width": 32, "height": 32, "file_name": f"img_{i}.png"} for i in IDS],
+        "categories": CATS,
+        "annotations": [_ann(i, i, CATS[i % 2]["id"], 2 + (i % 5), 3, 12 + (i % 4), 10) for i in IDS],
+    })
+
+
+def _read(path):
+    image_id = int(Path(path).stem.split("_")[1])
+    if image_id == BAD:
+        raise FakeReadError(f"{path}: cannot decode image")
+    return np.full((32, 32, 3), image_id, dtype=np.uint8)
+
+
+def _make_predict(gt, calls, interrupt_at=None):
+    def predict(image):
+        image_id = int(image[0, 0, 0])
+        calls.append(image_id)
+        if interrupt_at is not None and len(calls) == interrupt_at:
+            raise KeyboardInterrupt
+        det = _gt_detections(gt, image_id)
+        # one extra low-score instance below the threshold, which must be filtered out
+        return make_det(det.boxes.tolist() + [[0, 0, 3, 3]], det.scores.tolist() + [0.01],
+                        det.classes.tolist() + [0], size=det.image_size,
+                        masks=np.concatenate([det.masks.numpy(), box_masks([[0, 0, 3, 3]], (32, 32))]))
+    return predict
+
+
+def _run(gt, out_dir, predict, **kw):
+    return run_coco_evaluation(IDS, lambda i: f"/nonexistent/img_{i}.png", predict, gt, CONTIG, out_dir,
+                               score_thresh=0.05, read=_read, progress=False, **kw)
+
+
+def _jsonl_ids(path):
+    return [json.loads(line)["image_id"] for line in Path(path).read_text().splitlines()]
+
+
+def _chop_last_line(path, nbytes=7):
+    raw = Path(path).read_bytes()
+    Path(path).write_bytes(raw[:-nbytes])
+
+
+def test_run_coco_evaluation_resume_is_identical(small_gt, tmp_path):
+    calls_a = []
+    with pytest.warns(UserWarning, match="cannot decode"):
+        full = _run(small_gt, tmp_path / "a", _make_predict(small_gt, calls_a))
+    assert calls_a == [11, 12, 13, 15, 16]
+    assert [s.image_id for s in full.skipped] == [BAD] and "cannot decode" in full.skipped[0].reason
+    assert full.num_images == 5 and full.num_detections == 5 and full.resumed_from == 0
+    assert full.metrics["bbox"].AP == pytest.approx(100.0)
+    assert full.metrics["segm"].AP == pytest.approx(100.0)
+    assert full.metrics["bbox"].num_images == 5
+    assert len(full.first_call_ms) == 1 and full.timing is not None and full.timing.n == 4
+    assert _jsonl_ids(full.paths.predictions_jsonl) == [11, 12, 13, 15, 16]
+    assert _jsonl_ids(full.paths.skipped_jsonl) == [BAD]
+
+    b = tmp_path / "b"
+    calls_b = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(KeyboardInterrupt):
+            _run(small_gt, b, _make_predict(small_gt, calls_b, interrupt_at=4))
+    assert calls_b == [11, 12, 13, 15]
+    assert _jsonl_ids(b / "predictions.jsonl") == [11, 12, 13]
+    # an interrupted write: the last lines of both files are cut short
+    _chop_last_line(b / "predictions.jsonl")
+    _chop_last_line(b / "per_image_timing.jsonl")
+
+    calls_c = []
+    with pytest.warns(UserWarning, match="truncated"):
+        resumed = _run(small_gt, b, _make_predict(small_gt, calls_c))
+    assert calls_c == [13, 15, 16]  # nothing done twice, nothing lost, the bad image not retried
+    assert resumed.resumed_from == 3 and resumed.processed == 3
+    assert (b / "coco_predictions.json").read_bytes() == (tmp_path / "a" / "coco_predictions.json").read_bytes()
+    assert _jsonl_ids(b / "predictions.jsonl") == [11, 12, 13, 15, 16]
+    assert _jsonl_ids(b / "per_image_timing.jsonl") == [11, 12, 13, 15, 16]
+    assert _jsonl_ids(b / "skipped.jsonl") == [BAD]
+    assert resumed.metrics["segm"].AP == pytest.approx(100.0)
+    assert len(resumed.first_call_ms) == 2  # one per session
+    timing = [json.loads(x) for x in (b / "per_image_timing.jsonl").read_text().splitlines()]
+    assert set(timing[0]) >= {"image_id", "file", "ms", "num_detections"}
+    assert all(t["num_detections"] == 1 for t in timing)
+    json.dumps(resumed.to_dict())
+
+    # a finished run resumes to a no-op; other settings in the same folder are refused
+    again = _run(small_gt, b, _make_predict(small_gt, []))
+    assert again.processed == 0 and again.resumed_from == 6
+    with pytest.raises(ValueError, match="existing run"):
+        run_coco_evaluation(IDS, lambda i: f"img_{i}.png", _make_predict(small_gt, []), small_gt,
+                            CONTIG, b, score_thresh=0.5, read=_read, progress=False)
+    with pytest.warns(UserWarning):
+        fresh = _run(small_gt, b, _make_predict(small_gt, []), resume=False)
+    assert fresh.processed == 5 and fresh.resumed_from == 0
+
+
+def test_corrupt_middle_line_is_an_error(small_gt, tmp_path):
+    out = tmp_path / "c"
+    out.mkdir()
+    (out / "predictions.jsonl").write_text('{"image_id": 11, "results": []}\n{broken\n'
+                                           '{"image_id": 12, "results": []}\n')
+    with pytest.raises(ValueError, match="corrupt line"):
+        _run(small_gt, out, _make_predict(small_gt, []))

@@ -1,0 +1,144 @@
+"""Report tables, figures and the results JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from blendstudy.accuracy import AccuracyReport, CocoMetrics
+from blendstudy.report import (
+    accuracy_table,
+    coco_table,
+    latency_table,
+    pct_change,
+    plot_latency_cdf,
+    plot_latency_distribution,
+    plot_speedup_waterfall,
+    plot_stage_breakdown,
+    stage_chain_table,
+    to_jsonable,
+    to_markdown,
+    write_results,
+)
+from blendstudy.timing import LatencyStats
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _stats(mean: float) -> LatencyStats:
+    return LatencyStats.from_samples([mean - 1, mean, mean + 1])
+
+
+def test_pct_change():
+    assert pct_change(39.5, 144.0) == "-72.6%"
+    assert pct_change(150.0, 100.0) == "+50.0%"
+
+
+def test_latency_table():
+    df = latency_table([("baseline", _stats(144.0)), ("P4", _stats(39.5))])
+    assert list(df.columns) == ["version", "latency_ms", "P50", "P90", "P99", "throughput", "improvement"]
+    assert list(df["improvement"]) == ["baseline", "-72.6%"]
+    assert df["latency_ms"].tolist() == pytest.approx([144.0, 39.5])
+    assert df["throughput"].tolist() == pytest.approx([1000 / 144.0, 1000 / 39.5])
+    assert df["P90"].iloc[0] == pytest.approx(144.8)  # 143, 144, 145: 0.9 * 2 = 1.8 -> 144.8
+    df2 = latency_table([("a", _stats(100.0)), ("b", _stats(50.0))], baseline="b")
+    assert list(df2["improvement"]) == ["+100.0%", "baseline"]
+    md = to_markdown(df)
+    assert md.splitlines()[0].startswith("| version") and "-72.6%" in md
+
+
+def test_stage_chain_table():
+    df = stage_chain_table([("P0", "baseline", 144.0), ("P1", "fp16", _stats(72.0)), ("P2", "graph", 36.0)])
+    assert list(df.columns) == ["stage", "change", "latency_ms", "relative", "cumulative"]
+    assert list(df["relative"]) == ["baseline", "-50.0%", "-50.0%"]
+    assert list(df["cumulative"]) == ["baseline", "-50.0%", "-75.0%"]
+    assert df["latency_ms"].tolist() == pytest.approx([144.0, 72.0, 36.0])
+
+
+def _report(**kw) -> AccuracyReport:
+    base = dict(images=2, ref_instances=3, test_instances=3, matched=3, mean_box_iou=0.995,
+                min_box_iou=0.98, mean_score_diff=0.001, max_score_diff=0.002, class_agreement=1.0,
+                mean_mask_iou=None, unmatched_ref=0, unmatched_test=0, lost_above=0)
+    base.update(kw)
+    return AccuracyReport(**base)
+
+
+def test_accuracy_table():
+    df = accuracy_table({"npu vs cpu": _report(), "fp16 vs cpu": _report(lost_above=1, unmatched_ref=1)})
+    assert list(df["comparison"]) == ["npu vs cpu", "fp16 vs cpu"]
+    assert list(df["gate"]) == ["pass", "FAIL"]
+    assert df["lost_above_0.3"].tolist() == [0, 1]
+    assert "-" in to_markdown(df)  # the missing mask IoU
+
+
+def _metrics(iou_type: str, ap: float) -> CocoMetrics:
+    vals = dict.fromkeys(["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "ARmax", "ARs",
+                          "ARm", "ARl"], ap)
+    return CocoMetrics(iou_type=iou_type, **vals, num_images=5000, num_gt_images=5000,
+                       num_detections=27180, detections_per_image=5.436, score_thresh=0.3, max_dets=100)
+
+
+def test_coco_table_with_reference():
+    ref = {"model card": {"bbox": 44.8, "segm": 39.5}, "seed": {"bbox": 38.0, "segm": 34.2}}
+    df = coco_table({"bbox": _metrics("bbox", 38.5), "segm": _metrics("segm", 34.0)}, reference=ref)
+    for col in ("AP", "AP50", "APl", "AP model card", "diff model card", "AP seed", "dets/image",
+                "score_thresh", "max_dets", "images", "detections"):
+        assert col in df.columns
+    assert df["AP model card"].tolist() == [44.8, 39.5]
+    assert df["diff seed"].tolist() == pytest.approx([0.5, -0.2])
+    assert df["dets/image"].tolist() == pytest.approx([5.436, 5.436])
+    assert list(coco_table({"x": _metrics("bbox", 1.0)}).columns)[:3] == ["run", "iou_type", "AP"]
+
+
+def _is_png(path: Path) -> bool:
+    return path.exists() and path.stat().st_size > 100 and path.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_plots_write_png(tmp_path):
+    rng = np.random.default_rng(0)
+    samples = {"P0": list(144 + rng.normal(0, 3, 20)), "P4": list(39.5 + rng.normal(0, 1, 20)),
+               "single": [50.0]}
+    assert _is_png(plot_latency_distribution(samples, tmp_path / "dist.png"))
+    assert _is_png(plot_latency_cdf(samples, tmp_path / "sub" / "cdf.png"))
+    breakdown = {"P0": {"preprocess": 10.0, "backbone": 100.0, "postprocess": 34.0},
+                 "P4": {"preprocess": 4.0, "backbone": 30.0, "postprocess": 5.5}}
+    assert _is_png(plot_stage_breakdown(breakdown, tmp_path / "stages.png"))
+    out = plot_speedup_waterfall([("P0", 144.0), ("P1", 110.0), ("P2", 115.0), ("P4", 39.5)],
+                                 tmp_path / "waterfall.png")
+    assert isinstance(out, Path) and _is_png(out)
+
+
+def test_to_jsonable():
+    @dataclasses.dataclass
+    class Row:
+        x: float
+        arr: np.ndarray
+
+    obj = {"row": Row(math.nan, np.arange(3)), "t": torch.tensor([1.5]), "p": Path("a/b"),
+           "n": np.float32(2.5), "s": {3, 1}, "dev": torch.device("cpu"), 4: (1, 2)}
+    out = to_jsonable(obj)
+    assert out == {"row": {"x": None, "arr": [0, 1, 2]}, "t": [1.5], "p": "a/b", "n": 2.5, "s": [1, 3],
+                   "dev": "cpu", "4": [1, 2]}
+    json.dumps(out)
+
+
+def test_write_results(tmp_path):
+    fig = plot_speedup_waterfall([("P0", 144.0), ("P4", 39.5)], tmp_path / "figs" / "w.png")
+    rec = write_results(tmp_path, "p5_coco", {"score_thresh": 0.3, "stats": _stats(10.0)},
+                        {"waterfall": fig}, device="cpu", extra={"metrics": _metrics("bbox", 38.0)})
+    path = tmp_path / "p5_coco.json"
+    on_disk = json.loads(path.read_text())
+    assert on_disk == rec
+    assert rec["name"] == "p5_coco" and rec["created_by"].startswith("blendstudy ")
+    assert rec["figures"] == {"waterfall": "figs/w.png"}
+    assert rec["params"]["stats"]["mean"] == pytest.approx(10.0)
+    assert rec["environment"]["device"] == "cpu" and "torch" in rec["environment"]
+    assert rec["extra"]["metrics"]["AP"] == 38.0
+    explicit = write_results(tmp_path / "out" / "named.json", "x", {}, {})
+    assert (tmp_path / "out" / "named.json").exists() and explicit["extra"] is None
