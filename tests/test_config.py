@@ -26,6 +26,8 @@ EXPECTED_SHIPPED = {
     "BlendMask/RT_R_50_4x_syncbn_shtw",
     "BlendMask/RT_R_50_4x_bn-head_syncbn_shtw",
 }
+#: configs of our own (not upstream): the embedded default's small model
+OWN_CONFIGS = {"BlendMask/Tiny_synthetic"}
 
 
 def _write(path: Path, text: str) -> Path:
@@ -35,7 +37,7 @@ def _write(path: Path, text: str) -> Path:
 
 def test_list_shipped_configs():
     names = list_shipped_configs()
-    assert set(names) == EXPECTED_SHIPPED
+    assert set(names) == EXPECTED_SHIPPED | OWN_CONFIGS
     assert names == sorted(names)
     bases = set(list_shipped_configs(include_bases=True)) - set(names)
     assert bases == {"BlendMask/Base-BlendMask", "BlendMask/Base-550", "BlendMask/Base-RT"}

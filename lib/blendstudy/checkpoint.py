@@ -72,9 +72,14 @@ def read_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle.UnpicklingError, RuntimeError (zip), EOFError ...
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
-            msg = "it contains pickled objects other than tensors; refusing to unpickle them (" + msg + ")"
+        text = str(exc)
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        reason = next((ln for ln in lines if ln.startswith(("Unsupported", "Trying to", "invalid load key"))),
+                      lines[0] if lines else type(exc).__name__)
+        if "Unsupported global" in text or "GLOBAL" in text:
+            msg = f"it contains pickled objects other than tensors; refusing to unpickle them ({reason})"
+        else:
+            msg = reason
         raise CheckpointError(f"{path}: not a loadable PyTorch checkpoint: {msg}") from None
     if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
         obj = obj["model"]

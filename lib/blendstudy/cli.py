@@ -134,7 +134,19 @@ def build_parser() -> argparse.ArgumentParser:
 EXTRA_COMMANDS: List[Callable[[argparse._SubParsersAction], None]] = []
 
 
+def _load_commands() -> None:
+    import blendstudy.commands  # noqa: F401  (registers bench / profile / eval)
+
+    try:
+        from blendstudy.reproduce import register_cli
+    except ImportError:
+        return
+    if register_cli not in EXTRA_COMMANDS:
+        EXTRA_COMMANDS.append(register_cli)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    _load_commands()
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -56,12 +56,13 @@ def greedy_nms_fixed(boxes: torch.Tensor, scores: torch.Tensor, classes: torch.T
     order = torch.sort(s, descending=True, stable=True).indices
     b, c, v = boxes[order].float(), classes[order], valid[order]
     over = (box_iou(b, b) > iou_threshold) & (c[:, None] == c[None, :]) & v[:, None] & v[None, :]
-    over = torch.triu(over, diagonal=1)
+    # as a float matrix the "is any kept box suppressing me" test is one matrix-vector product
+    over = torch.triu(over, diagonal=1).to(torch.float32)
     keep = v.clone()
     prev = keep
     for _ in range(steps):
         prev = keep
-        keep = v & ~(over & keep[:, None]).any(dim=0)
+        keep = v & ((keep.to(torch.float32) @ over) < 0.5)
     converged = (keep == prev).all()
     out = torch.zeros_like(keep)
     out[order] = keep

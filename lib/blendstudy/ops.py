@@ -98,42 +98,6 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor,
     return nms(boxes + offsets[:, None], scores, iou_threshold)
 
 
-def nms_matrix_fixed(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor,
-                     valid: torch.Tensor, iou_threshold: float) -> torch.Tensor:
-    """Class-aware greedy NMS without host synchronisation: returns a keep mask (same length as
-    the input) computed with fixed-shape tensor ops only (no .cpu()/.item(), no data-dependent
-    shapes). Same result as `batched_nms` on the valid entries; O(n^2) memory.
-
-    The greedy pass is unrolled as a fixed-point iteration over the suppression matrix: a box is
-    kept iff no higher-scored *kept* box of its class overlaps it above the threshold.
-    """
-    n = boxes.shape[0]
-    if n == 0:
-        return valid.clone()
-    s = torch.where(valid, scores, torch.full_like(scores, -1.0))
-    order = torch.sort(s, descending=True, stable=True).indices
-    b = boxes[order].float()
-    c = idxs[order]
-    v = valid[order]
-    over = (box_iou(b, b) > iou_threshold) & (c[:, None] == c[None, :])
-    over = torch.triu(over, diagonal=1) & v[:, None] & v[None, :]
-    keep = v.clone()
-    # Greedy NMS is the unique fixed point of keep = valid & ~any(keep_j & over_ji, j < i); it is
-    # reached in at most (chain length) steps; iterate with a bound that needs no sync.
-    for _ in range(_fixed_point_steps(n)):
-        suppressed = (over & keep[:, None]).any(dim=0)
-        keep = v & ~suppressed
-    out = torch.zeros_like(keep)
-    out[order] = keep
-    return out
-
-
-def _fixed_point_steps(n: int) -> int:
-    # Chains of suppression longer than this are vanishingly rare in detection outputs; the
-    # parity test of the sync-free decode checks the result against greedy NMS.
-    return max(1, min(n, 64))
-
-
 def _bilinear_sample(feat: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Sample feat (C, H, W) at points y, x (same shape S) with torchvision ROIAlign's rules:
     points outside [-1, H] x [-1, W] give 0; coordinates in [-1, 0] clamp to 0; the last row and
@@ -199,8 +163,9 @@ def roi_align(features: torch.Tensor, rois: torch.Tensor, output_size: Tuple[int
     if sampling_ratio > 0:
         groups = [(sampling_ratio, sampling_ratio, torch.arange(k, device=rois.device))]
     else:
-        gh = torch.ceil(roi_h / ph).clamp(min=1).long().cpu()
-        gw = torch.ceil(roi_w / pw).clamp(min=1).long().cpu()
+        # torchvision: ceil(size / bins) samples, 0 for an empty roi (whose output stays 0)
+        gh = torch.ceil(roi_h / ph).clamp(min=0).long().cpu()
+        gw = torch.ceil(roi_w / pw).clamp(min=0).long().cpu()
         pairs = torch.stack([gh, gw], 1)
         groups = []
         for pair in torch.unique(pairs, dim=0):
@@ -209,6 +174,8 @@ def roi_align(features: torch.Tensor, rois: torch.Tensor, output_size: Tuple[int
     out = features.new_zeros((k, c, ph, pw))
     batch_idx = rois[:, 0].long()
     for grid_h, grid_w, sel in groups:
+        if grid_h == 0 or grid_w == 0:
+            continue
         # sample offsets inside a bin: (iy + 0.5) / grid of the bin size
         iy = (torch.arange(grid_h, device=rois.device, dtype=rois.dtype) + 0.5) / grid_h
         ix = (torch.arange(grid_w, device=rois.device, dtype=rois.dtype) + 0.5) / grid_w
@@ -266,6 +233,9 @@ def _paste_region(masks: torch.Tensor, boxes: torch.Tensor, img_h: int, img_w: i
         x0i, y0i = int(lo[0]), int(lo[1])
         x1i = int(torch.clamp(boxes[:, 2].max().ceil() + 1, max=img_w))
         y1i = int(torch.clamp(boxes[:, 3].max().ceil() + 1, max=img_h))
+        # a box wholly outside the image: empty region (detectron2 would raise in arange here)
+        x0i, y0i = min(x0i, img_w), min(y0i, img_h)
+        x1i, y1i = max(x1i, x0i), max(y1i, y0i)
     else:
         x0i, y0i, x1i, y1i = 0, 0, img_w, img_h
     x0, y0, x1, y1 = torch.split(boxes, 1, dim=1)

@@ -660,3 +660,15 @@ def write_bad_images(out_dir: PathLike) -> Dict[str, Path]:
     paths["exif_rotated"] = out / "exif_rotated.jpg"
     Image.fromarray(quad, "RGB").save(paths["exif_rotated"], format="JPEG", quality=95, exif=exif.tobytes())
     return paths
+
+
+def ensure_synthetic_coco(out_dir: PathLike, num_images: int, seed: int = 0, split_name: str = "train",
+                          **kwargs: Any) -> Tuple[Path, Path]:
+    """(ann_file, image_dir) of a synthetic dataset, generated only if not already complete there
+    (the annotations file is written last and atomically, so its presence means complete).
+    The folder name should encode the arguments: a different request must use a different folder."""
+    out = Path(out_dir)
+    ann = out / "annotations" / f"instances_{split_name}.json"
+    if not ann.exists():
+        generate_synthetic_coco(out, num_images, seed=seed, split_name=split_name, overwrite=True, **kwargs)
+    return ann, out / split_name

@@ -1,0 +1,189 @@
+"""The optimizations as named, composable switches, and the study's stage recipes as data.
+
+`build_pipeline(loaded, "p4")` returns a new Pipeline on a copy of the model with the recipe's
+switches applied; the baseline pipeline is untouched, so both can be measured side by side.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, replace
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from blendstudy import device as devmod
+from blendstudy.model.blendmask import BlendMask
+from blendstudy.model.layers import ConvNorm, FrozenBatchNorm2d
+from blendstudy.pipeline import Pipeline
+
+
+@dataclass(frozen=True)
+class Switch:
+    name: str
+    stage: str          # the seed's stage it belongs to ("P0".."P4") or "extra"
+    description: str
+
+
+SWITCHES: Dict[str, Switch] = {s.name: s for s in [
+    Switch("device_resize", "P0", "shortest-edge resize as bilinear F.interpolate on the device instead of PIL "
+                                  "on the CPU (the seed: 34.8 ms of CPU resize removed)"),
+    Switch("sync_free_decode", "P1", "FCOS decode + NMS with fixed shapes: no .cpu()/.item()/nonzero until the "
+                                     "results are extracted"),
+    Switch("runtime", "P2", "the best runtime setting of the P2 sweep (npu: TASK_QUEUE_ENABLE, core binding, "
+                            "OMP threads; cuda: cudnn.benchmark, TF32; cpu: threads, affinity)"),
+    Switch("compile_backbone", "P3", "torch.compile(backbone, dynamic=False): backend 'npu' (torchair) on Ascend, "
+                                     "inductor elsewhere"),
+    Switch("pad64", "P4", "pad inputs to a multiple of 64 so fewer distinct shapes reach the compiled graph; "
+                          "dynamo recompile limit raised to 32"),
+    Switch("fold_bn", "extra", "fold FrozenBN into the preceding conv's weight and bias (004's Conv-BN fusion; "
+                               "exact in fp32 up to rounding)"),
+    Switch("half", "extra", "network in half precision: fp16 on npu/cuda, bf16 on cpu (decode, ROIAlign and "
+                            "paste stay fp32)"),
+    Switch("channels_last", "extra", "NHWC memory format for the convolutions"),
+    Switch("raw_masks", "extra", "return the 56x56 mask probabilities with their boxes; paste full-image masks "
+                                 "only on demand (001's raw-mask head)"),
+    Switch("compile_model", "extra", "torch.compile of backbone, head and basis module together"),
+]}
+
+_P = ["device_resize", "sync_free_decode", "runtime", "compile_backbone", "pad64"]
+RECIPES: Dict[str, List[str]] = {
+    "baseline": [],
+    "p0": _P[:1],
+    "p1": _P[:2],
+    "p2": _P[:3],
+    "p3": _P[:4],
+    "p4": _P[:5],
+    "p4+fold_bn": _P + ["fold_bn"],
+    "p4+half": _P + ["half"],
+    "p4+channels_last": _P + ["channels_last"],
+    "p4+raw_masks": _P + ["raw_masks"],
+    "best": _P + ["fold_bn", "raw_masks"],
+    # on a CPU there is no host-device sync to remove, and the fixed-shape NMS costs O(K^2): the
+    # CPU's best chain leaves P1 out (the P1 notebook measures why)
+    "best_cpu": ["device_resize", "runtime", "compile_backbone", "pad64", "fold_bn", "raw_masks"],
+}
+STAGE_RECIPES = ["baseline", "p0", "p1", "p2", "p3", "p4"]
+
+RECOMPILE_LIMIT = 32
+PAD_MULTIPLE = 64
+
+
+def recipe_switches(recipe: Union[str, Sequence[str]]) -> List[str]:
+    """Names of the switches of a recipe name ("p3", "p4+half") or an explicit list."""
+    if isinstance(recipe, str):
+        if recipe in RECIPES:
+            return list(RECIPES[recipe])
+        parts = recipe.split("+")
+        if parts[0] in RECIPES:
+            names = list(RECIPES[parts[0]]) + parts[1:]
+        else:
+            raise ValueError(f"unknown recipe {recipe!r}; known: {', '.join(RECIPES)}")
+    else:
+        names = list(recipe)
+    unknown = [n for n in names if n not in SWITCHES]
+    if unknown:
+        raise ValueError(f"unknown switch(es) {unknown}; known: {', '.join(SWITCHES)}")
+    return names
+
+
+def half_dtype(device: torch.device) -> str:
+    """fp16 on accelerators; bf16 on the CPU (fp16 convolutions are slow or missing there)."""
+    return "bfloat16" if device.type == "cpu" else "float16"
+
+
+def fold_frozen_bn(model: nn.Module) -> int:
+    """Fold every FrozenBN / eval BatchNorm that follows a ConvNorm into the conv. Returns the
+    number of folded layers. w' = w * s, b' = b * s + (beta - mean * s), s = gamma / sqrt(var + eps)."""
+    count = 0
+    for m in model.modules():
+        if isinstance(m, ConvNorm) and m.norm is not None:
+            if isinstance(m.norm, FrozenBatchNorm2d):
+                scale, shift = m.norm.scale_and_shift()
+            elif isinstance(m.norm, nn.BatchNorm2d):
+                scale = m.norm.weight * (m.norm.running_var + m.norm.eps).rsqrt()
+                shift = m.norm.bias - m.norm.running_mean * scale
+            else:
+                continue
+            with torch.no_grad():
+                w = m.weight * scale.reshape(-1, 1, 1, 1)
+                b = shift if m.bias is None else m.bias * scale + shift
+                m.weight = nn.Parameter(w.detach())
+                m.bias = nn.Parameter(b.detach())
+            m.norm = None
+            count += 1
+    return count
+
+
+@dataclass
+class CompileInfo:
+    backend: str
+    targets: List[str]
+    recompile_limit: Optional[int] = None
+
+
+def _compile(module: nn.Module, backend: str) -> nn.Module:
+    if backend == "npu":
+        import torch_npu  # noqa: F401  (registers the npu backend: NPU_NOTES "Graph mode")
+    return torch.compile(module, backend=backend, dynamic=False)
+
+
+def build_pipeline(base: Pipeline, recipe: Union[str, Sequence[str]], device: Optional[torch.device] = None,
+                   runtime: Optional[Any] = None) -> Pipeline:
+    """A new Pipeline for `recipe` on a deep copy of `base`'s model (base is left as it is).
+    `runtime`: a blendstudy.runtime.RuntimeConfig applied in-process for the "runtime" switch
+    (knobs that must be set before torch_npu initialises are applied by `runtime.launch`)."""
+    names = recipe_switches(recipe)
+    dev = device or base.device
+    model: BlendMask = copy.deepcopy(base.model).to(dev).eval()
+    opts = replace(base.options)
+    info: Dict[str, Any] = {"switches": names}
+    if "device_resize" in names:
+        opts.resize = "device"
+    if "sync_free_decode" in names:
+        opts.decode = "sync_free"
+    if "runtime" in names and runtime is not None:
+        from blendstudy.runtime import apply_in_process
+
+        info["runtime"] = apply_in_process(runtime, dev)
+    if "fold_bn" in names:
+        info["folded_bn"] = fold_frozen_bn(model)
+    if "half" in names:
+        opts.dtype = half_dtype(dev)
+        model = model.to(getattr(torch, opts.dtype))
+        # the pixel statistics stay fp32: normalisation happens before the cast
+        model.pixel_mean, model.pixel_std = model.pixel_mean.float(), model.pixel_std.float()
+    if "channels_last" in names:
+        opts.channels_last = True
+        model = model.to(memory_format=torch.channels_last)
+    if "raw_masks" in names:
+        opts.raw_masks = True
+    if "pad64" in names:
+        opts.pad_multiple = PAD_MULTIPLE
+        info["recompile_limit_knob"] = devmod.set_recompile_limit(RECOMPILE_LIMIT)
+    backend = devmod.default_compile_backend(dev)
+    if "compile_model" in names:
+        model.backbone = _compile(model.backbone, backend)
+        model.proposal_generator = _compile(model.proposal_generator, backend)
+        model.basis_module = _compile(model.basis_module, backend)
+        info["compile"] = CompileInfo(backend, ["backbone", "proposal_generator", "basis_module"])
+    elif "compile_backbone" in names:
+        model.backbone = _compile(model.backbone, backend)
+        info["compile"] = CompileInfo(backend, ["backbone"])
+    pipe = Pipeline(model, base.min_size, base.max_size, opts)
+    pipe.recipe_info = info  # type: ignore[attr-defined]
+    return pipe
+
+
+def describe_recipes(recipes: Sequence[str] = STAGE_RECIPES) -> List[Dict[str, str]]:
+    """Rows (recipe, stage, added switch, description) for the notebooks' tables."""
+    rows, prev = [], []
+    for r in recipes:
+        names = recipe_switches(r)
+        added = [n for n in names if n not in prev] or ["-"]
+        rows.append({"recipe": r, "adds": ", ".join(added),
+                     "stage": ", ".join(sorted({SWITCHES[n].stage for n in added if n in SWITCHES})) or "-",
+                     "change": "; ".join(SWITCHES[n].description for n in added if n in SWITCHES) or "reference"})
+        prev = names
+    return rows

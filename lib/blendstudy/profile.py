@@ -1,0 +1,186 @@
+"""Per-stage breakdown of one image's inference (the seed's 11-stage profile, 001's two sizes),
+the profiler's own overhead, peak device memory, and FLOP efficiency against the matmul peak."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from blendstudy import device as devmod
+from blendstudy.pipeline import Pipeline
+
+STAGES = ["read", "resize", "to-device", "normalize+pad", "backbone+FPN", "FCOS head", "decode+NMS",
+          "basis module", "blender", "mask paste", "result extraction"]
+
+ImageLike = Union[str, Path, np.ndarray]
+
+
+@dataclass
+class StageProfile:
+    """Median milliseconds per stage over the measured runs, with the overhead of syncing at every
+    stage boundary: overhead_ms = median(profiled total) - median(unprofiled end-to-end)."""
+
+    stage_ms: Dict[str, float]
+    samples_ms: Dict[str, List[float]]
+    total_ms: float
+    end_to_end_ms: float
+    overhead_ms: float
+    peak_memory_mb: Optional[float]
+    input_size: str
+    runs: int
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    def frame(self) -> pd.DataFrame:
+        df = pd.DataFrame({"stage": list(self.stage_ms), "ms": list(self.stage_ms.values())})
+        df["share"] = (df["ms"] / max(self.total_ms, 1e-9) * 100).round(1).astype(str) + "%"
+        return df
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"stage_ms": self.stage_ms, "total_ms": self.total_ms, "end_to_end_ms": self.end_to_end_ms,
+                "overhead_ms": self.overhead_ms, "peak_memory_mb": self.peak_memory_mb,
+                "input_size": self.input_size, "runs": self.runs, **self.extra}
+
+
+def _read(x: ImageLike) -> np.ndarray:
+    if isinstance(x, np.ndarray):
+        return x
+    from blendstudy.data.images import read_image
+
+    return read_image(x)
+
+
+def profiled_call(pipeline: Pipeline, image: ImageLike, clock: Callable[[], float] = time.perf_counter
+                  ) -> Dict[str, float]:
+    """Run one image through the pipeline's stages, synchronising the device at every boundary.
+    Returns {stage: ms}. The same stage methods as Pipeline.__call__ run, in the same order."""
+    dev = pipeline.device
+    t: Dict[str, float] = {}
+    sync = devmod.synchronize
+
+    def mark(name: str, start: float) -> float:
+        sync(dev)
+        now = clock()
+        t[name] = (now - start) * 1000.0
+        return now
+
+    with torch.no_grad():
+        sync(dev)
+        s = clock()
+        img = _read(image)
+        s = mark("read", s)
+        output_size = (int(img.shape[0]), int(img.shape[1]))
+        x = pipeline.resize_cpu(img)
+        s = mark("resize", s) if pipeline.options.resize == "pil" else s
+        x = pipeline.to_device(x)
+        s = mark("to-device", s)
+        if pipeline.options.resize == "device":
+            x = pipeline.resize_device(x)
+            s = mark("resize", s)
+        batch, input_size = pipeline.normalize_pad(x)
+        s = mark("normalize+pad", s)
+        feats = pipeline.model.extract_features(batch)
+        s = mark("backbone+FPN", s)
+        head = pipeline.model.predict_head(feats)
+        s = mark("FCOS head", s)
+        proposals = pipeline.decode(head, input_size)
+        s = mark("decode+NMS", s)
+        bases = pipeline.model.compute_bases(feats)
+        s = mark("basis module", s)
+        masks = pipeline.blend(bases, proposals)
+        s = mark("blender", s)
+        proposals, masks, boxes = pipeline.rescale(proposals, masks, input_size, output_size,
+                                                   fixed_shape=proposals.valid is not None)
+        full = pipeline.paste(masks, boxes, output_size)
+        s = mark("mask paste", s)
+        pipeline.extract(proposals, boxes, masks, full, output_size)
+        mark("result extraction", s)
+    return {k: t.get(k, 0.0) for k in STAGES}
+
+
+def profile_stages(pipeline: Pipeline, images: Sequence[ImageLike], warmup: int = 2, repeats: int = 3,
+                   progress: bool = True, desc: str = "profile") -> StageProfile:
+    """Stage medians over `repeats` passes of `images` (warm-up passes excluded), the unprofiled
+    end-to-end median on the same inputs (read included) and the difference as profiler overhead."""
+    dev = pipeline.device
+    images = list(images)
+    for i in range(warmup):
+        profiled_call(pipeline, images[i % len(images)])
+    samples: Dict[str, List[float]] = {k: [] for k in STAGES}
+    totals, e2e = [], []
+    devmod.reset_peak_memory(dev)
+    bar = tqdm(total=repeats * len(images), desc=desc, disable=not progress)
+    for _ in range(repeats):
+        for im in images:
+            st = profiled_call(pipeline, im)
+            for k, v in st.items():
+                samples[k].append(v)
+            totals.append(sum(st.values()))
+            devmod.synchronize(dev)
+            s = time.perf_counter()
+            pipeline(_read(im))
+            devmod.synchronize(dev)
+            e2e.append((time.perf_counter() - s) * 1000.0)
+            bar.update(1)
+    bar.close()
+    first = _read(images[0])
+    stage_ms = {k: float(np.median(v)) for k, v in samples.items()}
+    total = float(np.median(totals))
+    end = float(np.median(e2e))
+    return StageProfile(stage_ms, samples, total, end, total - end, devmod.peak_memory_mb(dev),
+                        f"{first.shape[1]}x{first.shape[0]}", len(totals))
+
+
+# ---- efficiency -------------------------------------------------------------------------------
+def count_flops(pipeline: Pipeline, image: np.ndarray) -> float:
+    """FLOPs of the network part (backbone, head, bases, blender) for one image, counted by
+    torch.utils.flop_counter (convolutions and matmuls; elementwise ops not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    batch, input_size = pipeline.prepare(image)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        feats = pipeline.model.extract_features(batch)
+        head = pipeline.model.predict_head(feats)
+        proposals = pipeline.decode(head, input_size)
+        bases = pipeline.model.compute_bases(feats)
+        pipeline.blend(bases, proposals)
+    return float(counter.get_total_flops())
+
+
+def matmul_peak_flops(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 2048,
+                      repeats: int = 5) -> float:
+    """Measured dense matmul throughput (FLOP/s) of the device: best of `repeats` n x n products."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    torch.matmul(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        devmod.synchronize(device)
+        s = time.perf_counter()
+        torch.matmul(a, b)
+        devmod.synchronize(device)
+        best = min(best, time.perf_counter() - s)
+    return 2.0 * n ** 3 / best
+
+
+@dataclass
+class Efficiency:
+    flops_per_image: float
+    latency_ms: float
+    achieved_flops: float       # FLOP/s of the whole pipeline at that latency
+    peak_flops: float           # measured matmul FLOP/s
+    fraction_of_peak: float
+
+    def to_dict(self) -> Dict[str, float]:
+        return dict(self.__dict__)
+
+
+def efficiency(flops_per_image: float, latency_ms: float, peak_flops: float) -> Efficiency:
+    achieved = flops_per_image / (latency_ms / 1000.0)
+    return Efficiency(flops_per_image, latency_ms, achieved, peak_flops, achieved / peak_flops)
