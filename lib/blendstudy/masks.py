@@ -24,22 +24,22 @@ def encode_rle(masks: np.ndarray) -> List[Dict[str, Any]]:
     return out
 
 
+def _as_bytes(rles: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """RLEs with `counts` as bytes, as pycocotools' C functions want them."""
+    return [{"size": r["size"], "counts": r["counts"].encode("ascii") if isinstance(r["counts"], str)
+             else r["counts"]} for r in rles]
+
+
 def decode_rle(rles: Sequence[Dict[str, Any]], image_size: Tuple[int, int]) -> np.ndarray:
     """List of COCO RLE dicts -> (N, H, W) bool."""
     h, w = image_size
     if len(rles) == 0:
         return np.zeros((0, h, w), dtype=bool)
-    fixed = [{"size": r["size"], "counts": r["counts"].encode("ascii") if isinstance(r["counts"], str)
-              else r["counts"]} for r in rles]
-    return mask_util.decode(fixed).transpose(2, 0, 1).astype(bool)
+    return mask_util.decode(_as_bytes(rles)).transpose(2, 0, 1).astype(bool)
 
 
 def mask_iou_rle(a: Sequence[Dict[str, Any]], b: Sequence[Dict[str, Any]]) -> np.ndarray:
     """Pairwise mask IoU (len(a), len(b)) between two lists of RLEs."""
     if len(a) == 0 or len(b) == 0:
         return np.zeros((len(a), len(b)))
-    fa = [{"size": r["size"], "counts": r["counts"].encode("ascii") if isinstance(r["counts"], str)
-           else r["counts"]} for r in a]
-    fb = [{"size": r["size"], "counts": r["counts"].encode("ascii") if isinstance(r["counts"], str)
-           else r["counts"]} for r in b]
-    return np.asarray(mask_util.iou(fa, fb, [0] * len(fb)))
+    return np.asarray(mask_util.iou(_as_bytes(a), _as_bytes(b), [0] * len(b)))
