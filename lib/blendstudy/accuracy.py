@@ -290,7 +290,11 @@ def coco_from_dict(dataset: Dict[str, Any]):
 
 
 def _category_id(mapping: CategoryMap, contiguous: int) -> int:
-    return int(mapping[int(contiguous)])
+    try:
+        return int(mapping[int(contiguous)])
+    except (KeyError, IndexError):
+        raise ValueError(f"predicted class {int(contiguous)} has no dataset category: the model's classes "
+                         f"and the dataset's {len(mapping)} categories differ") from None
 
 
 def detections_to_coco(det: Detections, image_id: int, contiguous_to_category_id: CategoryMap

@@ -29,10 +29,14 @@ def _images_args(p: argparse.ArgumentParser) -> None:
 
 
 def _pipeline(args):
-    from blendstudy.optimize import build_pipeline
+    from blendstudy.optimize import build_pipeline, recipe_switches
     from blendstudy.predictor import load_pipeline
     from blendstudy.runtime import current_runtime
 
+    try:
+        recipe_switches(args.recipe)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     loaded = load_pipeline(args.config, args.weights, args.device, args.score_thresh)
     pipe = build_pipeline(loaded.pipeline, args.recipe, runtime=current_runtime())
     return loaded, pipe
@@ -96,6 +100,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     loaded, pipe = _pipeline(args)
     ds = CocoDataset(args.annotations, args.image_dir)
+    model_classes = int(loaded.config.MODEL.FCOS.NUM_CLASSES)
+    if model_classes != len(ds.category_ids):
+        raise UserError(f"{args.annotations}: {len(ds.category_ids)} categories, but the model predicts "
+                        f"{model_classes} classes (MODEL.FCOS.NUM_CLASSES): they cannot be mapped one to one")
     ids = ds.subset(args.max_images)
     thresh = float(loaded.config.MODEL.FCOS.INFERENCE_TH_TEST)
     res = run_coco_evaluation(ids, ds.image_path, pipe, ds.coco, ds.contiguous_to_category_id, args.out_dir,

@@ -20,6 +20,13 @@ from blendstudy.model.blendmask import BlendMask
 from blendstudy.model.fcos import HeadOutputs, Proposals
 from blendstudy.structures import Detections
 
+_NO_ANTIALIAS: set = set()
+
+
+def _antialias_supported(device: torch.device) -> bool:
+    return device.type not in _NO_ANTIALIAS
+
+
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -122,7 +129,9 @@ class Pipeline:
         return t.to(self.device, non_blocking=True).float()
 
     def resize_device(self, image: torch.Tensor) -> torch.Tensor:
-        """Bilinear (half-pixel centres, no antialias) on the device; float CHW out."""
+        """Bilinear (half-pixel centres) on the device; float CHW out. When shrinking, the filter
+        widens with the scale (antialias) as PIL's BILINEAR does; without it a 3840x2304 picture
+        aliases badly. Where the device lacks the antialiased kernel, plain bilinear is used."""
         if self.options.resize != "device":
             return image
         h, w = image.shape[-2:]
@@ -130,6 +139,13 @@ class Pipeline:
         x = image.float()
         if (nh, nw) == (h, w):
             return x
+        shrink = nh < h or nw < w
+        if shrink and _antialias_supported(x.device):
+            try:
+                return F.interpolate(x[None], size=(nh, nw), mode="bilinear", align_corners=False,
+                                     antialias=True)[0]
+            except (RuntimeError, NotImplementedError):
+                _NO_ANTIALIAS.add(str(x.device.type))
         return F.interpolate(x[None], size=(nh, nw), mode="bilinear", align_corners=False)[0]
 
     def normalize_pad(self, image: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:

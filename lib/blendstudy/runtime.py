@@ -134,7 +134,11 @@ def run_sweep(candidates: Sequence[RuntimeConfig], bench_argv: Sequence[str], ou
     results = []
     for i, cfg in enumerate(tqdm(list(candidates), desc="P2 sweep", disable=not progress)):
         path = out_dir / f"result_{i:02d}.json"
-        proc = launch(cfg, ["bench", *bench_argv, "--output", str(path)], timeout=timeout)
+        try:
+            proc = launch(cfg, ["bench", *bench_argv, "--output", str(path)], timeout=timeout)
+        except (OSError, subprocess.SubprocessError) as exc:  # e.g. binding to cores this machine lacks
+            results.append(SweepResult(cfg, None, None, None, None, error=f"{type(exc).__name__}: {exc}"))
+            continue
         if proc.returncode != 0 or not path.exists():
             tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-3:]
             results.append(SweepResult(cfg, None, None, None, None, error=" | ".join(tail) or f"rc={proc.returncode}"))

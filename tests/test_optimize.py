@@ -1,0 +1,286 @@
+"""blendstudy.optimize: recipes as data, and every cheap switch against the reference pipeline on
+the shared AdelaiDet fixture model (small inputs: min_size 256, max_size 400; compile recipes are
+only built, never run)."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+import torch
+
+from blendstudy.accuracy import compare_runs
+from blendstudy.data.images import read_image
+from blendstudy.model.layers import ConvNorm
+from blendstudy.optimize import (
+    PAD_MULTIPLE,
+    RECIPES,
+    RECOMPILE_LIMIT,
+    STAGE_RECIPES,
+    SWITCHES,
+    build_pipeline,
+    describe_recipes,
+    fold_frozen_bn,
+    half_dtype,
+    recipe_switches,
+)
+from blendstudy.pipeline import Pipeline, PipelineOptions
+from blendstudy.predictor import load_pipeline
+from conftest import shared_fixture
+
+MIN_SIZE, MAX_SIZE = 256, 400
+IMAGES = ["img0.png", "img1.png", "img2.png"]
+
+
+# ---- recipes as data ----------------------------------------------------------------------------
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_recipe_switches_of_every_recipe(recipe):
+    names = recipe_switches(recipe)
+    assert names == RECIPES[recipe]
+    assert all(n in SWITCHES for n in names)
+    assert len(set(names)) == len(names)
+    names.append("x")  # a copy: the table itself is not handed out
+    assert "x" not in RECIPES[recipe]
+
+
+def test_recipe_switches_compound_and_list():
+    assert recipe_switches("p4+half") == RECIPES["p4"] + ["half"]
+    assert recipe_switches("p1+fold_bn+raw_masks") == RECIPES["p1"] + ["fold_bn", "raw_masks"]
+    assert recipe_switches(["half", "pad64"]) == ["half", "pad64"]
+    assert recipe_switches([]) == []
+
+
+@pytest.mark.parametrize("bad, named", [("p9", "p9"), ("nope+half", "nope+half"), ("p4+warp", "warp"),
+                                        (["half", "turbo"], "turbo")])
+def test_unknown_recipe_or_switch_names_it(bad, named):
+    with pytest.raises(ValueError, match=named.replace("+", r"\+")):
+        recipe_switches(bad)
+
+
+def test_stage_recipes_are_cumulative():
+    assert STAGE_RECIPES == ["baseline", "p0", "p1", "p2", "p3", "p4"]
+    for prev, cur in zip(STAGE_RECIPES, STAGE_RECIPES[1:]):
+        p, c = recipe_switches(prev), recipe_switches(cur)
+        assert c[: len(p)] == p, (prev, cur)
+        assert len(c) == len(p) + 1, (prev, cur)
+        assert SWITCHES[c[-1]].stage == cur.upper()
+
+
+def test_describe_recipes_rows():
+    rows = describe_recipes()
+    assert [r["recipe"] for r in rows] == STAGE_RECIPES
+    assert rows[0] == {"recipe": "baseline", "adds": "-", "stage": "-", "change": "reference"}
+    for row, recipe in zip(rows[1:], STAGE_RECIPES[1:]):
+        added = recipe_switches(recipe)[-1]
+        assert row["adds"] == added
+        assert row["stage"] == recipe.upper()
+        assert row["change"] == SWITCHES[added].description
+    extra = describe_recipes(["p4", "p4+half"])[1]
+    assert extra["adds"] == "half" and extra["stage"] == "extra"
+
+
+def test_half_dtype():
+    assert half_dtype(torch.device("cpu")) == "bfloat16"
+    assert half_dtype(torch.device("cuda")) == "float16"
+
+
+# ---- the fixture model --------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def base() -> Pipeline:
+    root = shared_fixture("adelaidet_blendmask_small")
+    torch.manual_seed(0)
+    loaded = load_pipeline(root / "config.yaml", str(root / "model.pth"), "cpu", warn_random=False)
+    return Pipeline(loaded.pipeline.model, MIN_SIZE, MAX_SIZE)
+
+
+@pytest.fixture(scope="module")
+def images():
+    root = shared_fixture("adelaidet_blendmask_small", "images")
+    return {name: read_image(root / name) for name in IMAGES}
+
+
+@pytest.fixture(scope="module")
+def reference(base, images):
+    """The baseline's detections on the three fixture images (computed once)."""
+    torch.manual_seed(0)
+    return {name: base(im) for name, im in images.items()}
+
+
+@pytest.fixture
+def restore_recompile_limit():
+    import torch._dynamo.config as dcfg
+
+    saved = {k: getattr(dcfg, k) for k in ("recompile_limit", "cache_size_limit") if hasattr(dcfg, k)}
+    yield dcfg
+    for k, v in saved.items():
+        setattr(dcfg, k, v)
+
+
+def test_reference_detects_something(reference):
+    assert all(len(d) > 0 for d in reference.values())
+
+
+def test_fold_frozen_bn_counts_and_removes_norms(base):
+    model = copy.deepcopy(base.model)
+    with_norm = sum(1 for m in model.modules() if isinstance(m, ConvNorm) and m.norm is not None)
+    assert with_norm > 0
+    assert fold_frozen_bn(model) == with_norm
+    assert all(m.norm is None for m in model.modules() if isinstance(m, ConvNorm))
+    assert fold_frozen_bn(model) == 0  # nothing left to fold
+
+
+def test_fold_bn_keeps_the_outputs(base, images, reference):
+    torch.manual_seed(0)
+    pipe = build_pipeline(base, ["fold_bn"])
+    assert pipe.recipe_info["folded_bn"] > 0
+    name = IMAGES[0]
+    ref, got = reference[name], pipe(images[name])
+    assert len(got) == len(ref)
+    torch.testing.assert_close(got.boxes, ref.boxes, atol=1e-3, rtol=0)
+    assert torch.equal(got.classes, ref.classes)
+    rep = compare_runs({name: ref}, {name: got})
+    assert rep.mean_box_iou > 0.999
+    assert rep.unmatched_ref == rep.unmatched_test == 0
+
+
+RECIPES_THAT_CHANGE_THE_MODEL = ["fold_bn", "half", "channels_last", "raw_masks", "pad64", "device_resize",
+                                 "sync_free_decode"]
+
+
+def test_build_pipeline_leaves_the_base_untouched(base, restore_recompile_limit):
+    state = {k: v.clone() for k, v in base.model.state_dict().items()}
+    norms = [m.norm for m in base.model.modules() if isinstance(m, ConvNorm)]
+    options = asdict(base.options)
+    built = build_pipeline(base, RECIPES_THAT_CHANGE_THE_MODEL)
+    assert built.model is not base.model
+    assert built.options is not base.options
+    assert asdict(base.options) == options == asdict(PipelineOptions())
+    after = base.model.state_dict()
+    assert sorted(after) == sorted(state)
+    for k, v in state.items():
+        assert after[k].dtype == v.dtype, k
+        assert torch.equal(after[k], v), k
+    assert [m.norm for m in base.model.modules() if isinstance(m, ConvNorm)] == norms
+    assert (base.min_size, base.max_size) == (built.min_size, built.max_size) == (MIN_SIZE, MAX_SIZE)
+    # and the built one did change
+    assert built.options.dtype == "bfloat16" and built.options.resize == "device"
+    assert next(built.model.parameters()).dtype == torch.bfloat16
+
+
+def test_sync_free_decode_is_exact(base, images, reference):
+    torch.manual_seed(0)
+    pipe = build_pipeline(base, ["sync_free_decode"])
+    assert pipe.options.decode == "sync_free"
+    got = {name: pipe(im) for name, im in images.items()}
+    for name, det in got.items():
+        assert det.extras.get("decode_converged") is True, name
+        assert "decode_fallback" not in det.extras, name
+    rep = compare_runs(reference, got)
+    assert rep.images == 3
+    assert rep.ref_instances == rep.test_instances == rep.matched > 0
+    assert rep.mean_box_iou == 1.0 and rep.min_box_iou == 1.0
+    assert rep.max_score_diff == 0.0
+    assert rep.class_agreement == 1.0
+    assert rep.mean_mask_iou == 1.0
+    assert rep.unmatched_ref == rep.unmatched_test == rep.lost_above == 0
+
+
+def test_device_resize_is_close_to_pil_when_enlarging(base, images):
+    """The study's case (COCO's ~480x640 pictures enlarged to 800): bilinear either way."""
+    from PIL import Image
+
+    torch.manual_seed(0)
+    pipe = build_pipeline(base, ["device_resize"])
+    assert pipe.options.resize == "device"
+    small = np.asarray(Image.fromarray(images[IMAGES[0]]).resize((240, 180), Image.BILINEAR))
+    x = pipe.resize_device(pipe.to_device(pipe.resize_cpu(small)))
+    assert x.dtype == torch.float32
+    assert tuple(x.shape[-2:]) == base.target_size(180, 240) == (256, 341)
+    ref, got = base(small), pipe(small)
+    rep = compare_runs({"small": ref}, {"small": got})
+    assert rep.matched > 0
+    # bilinear on float pixels vs PIL's bilinear on uint8: close, not identical
+    assert rep.mean_box_iou > 0.9
+
+
+def _pil_vs_device_pixels(base, image):
+    pipe = build_pipeline(base, ["device_resize"])
+    pil = torch.from_numpy(base.resize_cpu(image).astype(np.float32)).permute(2, 0, 1)
+    dev = pipe.resize_device(pipe.to_device(image))
+    assert pil.shape == dev.shape
+    return (pil - dev).abs().mean().item()
+
+
+def test_device_resize_is_close_to_pil_when_shrinking(base, images):
+    assert _pil_vs_device_pixels(base, images[IMAGES[0]]) < 1.0
+
+
+def test_raw_masks_paste_on_demand(base, images, reference):
+    torch.manual_seed(0)
+    pipe = build_pipeline(base, ["raw_masks"])
+    name = IMAGES[0]
+    ref, got = reference[name], pipe(images[name])
+    assert got.masks is None
+    assert got.raw_masks is not None and got.raw_masks.dtype == torch.float32
+    assert tuple(got.raw_masks.shape) == (len(ref), 56, 56)
+    assert torch.equal(got.boxes, ref.boxes)
+    full = got.full_masks()
+    assert full.shape == ref.masks.shape and full.dtype == torch.bool
+    for i in range(len(ref)):
+        a, b = full[i], ref.masks[i]
+        union = (a | b).sum().item()
+        iou = (a & b).sum().item() / union if union else 1.0
+        assert iou > 0.99, (i, iou)
+
+
+def test_half_on_cpu_is_bfloat16_and_still_detects(base, images, reference):
+    torch.manual_seed(0)
+    pipe = build_pipeline(base, ["half"])
+    assert pipe.options.dtype == "bfloat16" and pipe.dtype == torch.bfloat16
+    assert next(pipe.model.parameters()).dtype == torch.bfloat16
+    assert pipe.model.pixel_mean.dtype == pipe.model.pixel_std.dtype == torch.float32
+    name = IMAGES[0]
+    got = pipe(images[name])
+    assert len(got) > 0
+    assert got.boxes.dtype == got.scores.dtype == torch.float32
+    rep = compare_runs({name: reference[name]}, {name: got})
+    assert rep.matched > 0
+    # the accuracy gate is reported, not required: bf16 has an 8-bit mantissa
+    print(f"half (bf16) vs fp32 on {name}: mean box IoU {rep.mean_box_iou:.4f}, "
+          f"max score diff {rep.max_score_diff:.4f}, lost above {rep.gate_score}: {rep.lost_above}, "
+          f"gate {'passes' if rep.passes_gate() else 'fails'}")
+
+
+def test_pad64_sets_pad_multiple_and_recompile_limit(base, restore_recompile_limit):
+    dcfg = restore_recompile_limit
+    pipe = build_pipeline(base, ["pad64"])
+    assert pipe.options.pad_multiple == PAD_MULTIPLE == 64
+    assert pipe.pad_multiple == 64
+    assert base.pad_multiple == base.model.size_divisibility
+    knob = pipe.recipe_info["recompile_limit_knob"]
+    assert knob in ("recompile_limit", "cache_size_limit")
+    assert getattr(dcfg, knob) == RECOMPILE_LIMIT == 32
+    batch, (h, w) = pipe.normalize_pad(torch.zeros(3, 100, 130))
+    assert tuple(batch.shape) == (1, 3, 128, 192) and (h, w) == (100, 130)
+
+
+def test_channels_last(base):
+    pipe = build_pipeline(base, ["channels_last"])
+    assert pipe.options.channels_last
+    batch, _ = pipe.normalize_pad(torch.zeros(3, 64, 64))
+    assert batch.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.slow
+def test_p3_compiles_the_backbone_without_running_it(base, restore_recompile_limit):
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    pipe = build_pipeline(base, "p3")
+    assert isinstance(pipe.model.backbone, OptimizedModule)
+    assert not isinstance(base.model.backbone, OptimizedModule)
+    info = pipe.recipe_info["compile"]
+    assert info.backend == "inductor" and info.targets == ["backbone"]
+    assert pipe.options.resize == "device" and pipe.options.decode == "sync_free"
+    assert pipe.options.pad_multiple == 0  # pad64 is P4

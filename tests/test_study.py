@@ -1,0 +1,213 @@
+"""blendstudy.study: params files, their _BASE_ chain, path checks naming the parameter, the run
+folder, the synthetic data sections and the environment of a params file."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from blendstudy.study import (
+    REPO_ROOT,
+    ParamsError,
+    StudyParams,
+    apply_environment,
+    benchmark_images,
+    check_paths,
+    open_dataset,
+    run_dir,
+)
+
+PARAMS_DIR = REPO_ROOT / "params"
+PARAMS_FILES = sorted(PARAMS_DIR.glob("*.yaml"))
+
+
+def test_the_repo_has_its_params_files():
+    names = {p.stem for p in PARAMS_FILES}
+    assert {"default", "ci", "r101_coco", "r101_synthetic", "npu_910b3"} <= names
+
+
+@pytest.mark.parametrize("path", PARAMS_FILES, ids=lambda p: p.stem)
+def test_every_params_file_loads(path):
+    params = StudyParams.load(path)
+    assert params.name == path.stem
+    assert Path(params.path).resolve() == path.resolve()
+    assert "_BASE_" not in params
+    assert params.model.config
+    for section in ("benchmark", "val"):
+        assert section in params.data, section
+    assert isinstance(params.data.benchmark, dict)  # attribute access gives nested nodes
+    assert isinstance(params.get("runtime", {}), dict)
+
+
+def test_params_by_relative_name_from_the_repo_root():
+    params = StudyParams.load("params/default.yaml")
+    assert params.name == "default"
+
+
+def test_npu_params_inherit_from_r101_coco():
+    npu, coco = StudyParams.load(PARAMS_DIR / "npu_910b3.yaml"), StudyParams.load(PARAMS_DIR / "r101_coco.yaml")
+    assert npu.device == "npu:0" and npu.runtime.env == {"TASK_QUEUE_ENABLE": "2", "OMP_NUM_THREADS": "1"}
+    assert npu.model == coco.model and npu.data == coco.data
+    assert npu.timing == coco.timing
+
+
+def test_base_merging(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "base.yaml").write_text("a: {x: 1, y: 2, deep: {k: 1, l: 2}}\nb: 1\nlist: [1, 2]\n")
+    (tmp_path / "sub" / "mid.yaml").write_text("_BASE_: ../base.yaml\na: {y: 3}\nc: mid\n")
+    (tmp_path / "sub" / "child.yaml").write_text("_BASE_: mid.yaml\na: {deep: {l: 5}}\nlist: [9]\n")
+    p = StudyParams.load(tmp_path / "sub" / "child.yaml")
+    assert p.name == "child"
+    assert p.a.x == 1 and p.a.y == 3 and p.a.deep.k == 1 and p.a.deep.l == 5
+    assert p.b == 1 and p.c == "mid" and p.list == [9]  # lists replace, mappings merge
+    with pytest.raises(AttributeError):
+        _ = p.missing
+    o = StudyParams.load(tmp_path / "sub" / "child.yaml", overrides={"a": {"x": 7}, "b": None})
+    assert o.a.x == 7 and o.a.y == 3 and o.b is None
+
+
+def test_base_cycle(tmp_path):
+    (tmp_path / "a.yaml").write_text("_BASE_: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("_BASE_: a.yaml\n")
+    with pytest.raises(ParamsError, match="cycle"):
+        StudyParams.load(tmp_path / "a.yaml")
+
+
+def test_missing_base(tmp_path):
+    (tmp_path / "a.yaml").write_text("_BASE_: nowhere.yaml\n")
+    with pytest.raises(ParamsError, match=r"nowhere\.yaml.*not found"):
+        StudyParams.load(tmp_path / "a.yaml")
+
+
+def test_invalid_yaml(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: {config: [unclosed\n")
+    with pytest.raises(ParamsError, match=r"bad\.yaml: invalid YAML"):
+        StudyParams.load(bad)
+
+
+def test_not_a_mapping(tmp_path):
+    bad = tmp_path / "list.yaml"
+    bad.write_text("- 1\n- 2\n")
+    with pytest.raises(ParamsError, match=r"list\.yaml: expected a mapping"):
+        StudyParams.load(bad)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ParamsError, match=r"nope\.yaml: params file not found"):
+        StudyParams.load(tmp_path / "nope.yaml")
+    assert issubclass(ParamsError, ValueError)
+
+
+@pytest.mark.parametrize("name", ["r101_coco", "npu_910b3"])
+def test_check_paths_names_the_parameter_and_the_file(name):
+    params = StudyParams.load(PARAMS_DIR / f"{name}.yaml")
+    if (REPO_ROOT / "datasets" / "coco").exists() or (REPO_ROOT / "weights" / "R_101_3x.pth").exists():
+        pytest.skip("COCO / R_101_3x are present in this checkout")
+    with pytest.raises(ParamsError) as info:
+        check_paths(params)
+    msg = str(info.value)
+    assert f"{name}.yaml" in msg
+    assert re.search(r"parameter (data\.(benchmark|val)\.(annotations|images)|model\.weights)\b", msg), msg
+    assert "does not exist" in msg
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "p.yaml"
+    path.write_text(text)
+    return path
+
+
+SYNTH = """
+model: {{config: BlendMask/Tiny_synthetic, weights: {weights}, missing_weights: {missing}}}
+data:
+  benchmark: {{source: synthetic, root: {root}, split: tb, seed: 2, num_images: 2, image_size: [48, 64]}}
+  val: {{source: synthetic, root: {root}, split: tv, seed: 1, num_images: 3, image_size: [48, 64]}}
+"""
+
+
+def test_check_paths_missing_weights(tmp_path):
+    params = StudyParams.load(_write(tmp_path, SYNTH.format(weights=tmp_path / "w.pth", missing="error",
+                                                            root=tmp_path)))
+    with pytest.raises(ParamsError, match=r"p\.yaml: parameter model\.weights: .*w\.pth does not exist"):
+        check_paths(params)
+
+
+@pytest.mark.parametrize("weights, missing", [("tiny_synthetic", "error"), ("null", "error"), ("random", "error"),
+                                              ("/nonexistent/w.pth", "random")])
+def test_check_paths_accepts(tmp_path, weights, missing):
+    check_paths(StudyParams.load(_write(tmp_path, SYNTH.format(weights=weights, missing=missing, root=tmp_path))))
+
+
+def test_check_paths_coco_annotations_not_set(tmp_path):
+    text = "model: {config: x, weights: null}\ndata:\n  val: {source: coco, images: /tmp}\n"
+    with pytest.raises(ParamsError, match=r"parameter data\.val\.annotations: not set"):
+        check_paths(StudyParams.load(_write(tmp_path, text)))
+
+
+def test_check_paths_unknown_source(tmp_path):
+    text = "model: {config: x, weights: null}\ndata:\n  benchmark: {source: ftp}\n"
+    with pytest.raises(ParamsError, match=r"parameter data\.benchmark\.source: unknown source 'ftp'"):
+        check_paths(StudyParams.load(_write(tmp_path, text)))
+
+
+def test_check_paths_folder(tmp_path):
+    text = f"model: {{config: x, weights: null}}\ndata:\n  benchmark: {{source: folder, images: {tmp_path}/pics}}\n"
+    params = StudyParams.load(_write(tmp_path, text))
+    with pytest.raises(ParamsError, match=r"parameter data\.benchmark\.images"):
+        check_paths(params)
+    (tmp_path / "pics").mkdir()
+    check_paths(params)
+
+
+def test_synthetic_sections(tmp_path):
+    params = StudyParams.load(_write(tmp_path, SYNTH.format(weights="null", missing="error", root=tmp_path)))
+    paths = benchmark_images(params)
+    assert len(paths) == 2 and all(p.exists() and p.suffix == ".png" for p in paths)
+    assert all(str(p).startswith(str(tmp_path)) for p in paths)
+    assert len(benchmark_images(params, limit=1)) == 1
+    val = open_dataset(params, "val")
+    assert len(val) == 3
+
+
+def test_run_dir(tmp_path):
+    params = StudyParams.load(PARAMS_DIR / "ci.yaml")
+    root = run_dir(params, tmp_path / "out")
+    assert root == tmp_path / "out"
+    assert (root / "results").is_dir() and (root / "figures").is_dir()
+    assert run_dir(params, tmp_path / "out") == root  # again: no error
+
+
+@pytest.fixture
+def restore_affinity():
+    cores = os.sched_getaffinity(0)
+    yield cores
+    os.sched_setaffinity(0, cores)
+
+
+def test_apply_environment(tmp_path, monkeypatch, restore_affinity):
+    monkeypatch.delenv("BLENDSTUDY_TEST_ENV", raising=False)
+    monkeypatch.setenv("BLENDSTUDY_TEST_NUM", "old")  # monkeypatch restores both afterwards
+    cores = sorted(restore_affinity)
+    aff = f"{cores[0]}" if len(cores) == 1 else f"{cores[0]}-{cores[1]}" if cores[1] == cores[0] + 1 \
+        else f"{cores[0]},{cores[1]}"
+    text = (f"model: {{config: x}}\nruntime:\n  env: {{BLENDSTUDY_TEST_ENV: hello, BLENDSTUDY_TEST_NUM: 2}}\n"
+            f"  cpu_affinity: \"{aff}\"\n")
+    applied = apply_environment(StudyParams.load(_write(tmp_path, text)))
+    assert os.environ["BLENDSTUDY_TEST_ENV"] == "hello" and os.environ["BLENDSTUDY_TEST_NUM"] == "2"
+    assert applied == {"BLENDSTUDY_TEST_ENV": "hello", "BLENDSTUDY_TEST_NUM": "2", "cpu_affinity": aff}
+    assert os.sched_getaffinity(0) == set(cores[:2])
+
+
+def test_apply_environment_unavailable_cores(tmp_path, capsys, restore_affinity):
+    text = "model: {config: x}\nruntime: {env: {}, cpu_affinity: \"100000-100003\"}\n"
+    assert apply_environment(StudyParams.load(_write(tmp_path, text))) == {}
+    assert "cannot bind to cores 100000-100003" in capsys.readouterr().err
+    assert os.sched_getaffinity(0) == restore_affinity
+
+
+def test_apply_environment_nothing(tmp_path):
+    assert apply_environment(StudyParams.load(PARAMS_DIR / "default.yaml")) == {}
