@@ -187,6 +187,18 @@ def test_sync_free_decode_is_exact(base, images, reference):
     assert rep.unmatched_ref == rep.unmatched_test == rep.lost_above == 0
 
 
+def test_sync_free_decode_flags_a_too_small_candidate_set_and_falls_back(base, images, reference, monkeypatch):
+    import blendstudy.decode_sync_free as dsf
+
+    monkeypatch.setattr(dsf, "NMS_CANDIDATES", 20)  # fewer than the 100 detections to keep
+    pipe = build_pipeline(base, ["sync_free_decode"])
+    name = IMAGES[0]
+    det = pipe(images[name])
+    assert det.extras.get("decode_fallback") is True
+    rep = compare_runs({name: reference[name]}, {name: det})
+    assert rep.mean_box_iou == 1.0 and rep.max_score_diff == 0.0 and rep.unmatched_ref == rep.unmatched_test == 0
+
+
 def test_device_resize_is_close_to_pil_when_enlarging(base, images):
     """The study's case (COCO's ~480x640 pictures enlarged to 800): bilinear either way."""
     from PIL import Image

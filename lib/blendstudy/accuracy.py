@@ -712,7 +712,7 @@ def run_coco_evaluation(
     todo = [i for i in ids if i not in done]
     processed = 0
 
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     with open(pred_path, "a", encoding="utf-8") as pf, \
             open(timing_path, "a", encoding="utf-8") as tf, \

@@ -4,9 +4,12 @@ data-dependent Python branches between the head and the final results).
 Same answers as AdelaiDet's decode (blendstudy.model.fcos.decode):
 - per level, the candidates above the threshold, at most PRE_NMS_TOPK of them: a masked top-k of
   static size;
-- class-aware greedy NMS as the fixed point of a suppression matrix, iterated a fixed number of
-  times; a `converged` flag (checked when results reach the host anyway) guards exactness, and
-  the pipeline falls back to the reference NMS on the rare input where it is False;
+- class-aware greedy NMS on the NMS_CANDIDATES best-scored candidates only: a box's fate depends
+  only on boxes scored above it, so their keep flags are exact, and the post-NMS top-k is exact
+  whenever it is filled before the first excluded candidate's score (or nothing was excluded);
+- the NMS itself as the fixed point of a suppression matrix, iterated a fixed number of times;
+- a `converged` flag (checked when results reach the host anyway) says whether all of the above
+  held; the pipeline redoes the decode exactly on the rare input where it is False;
 - post-NMS top-k keeping every score tied with the k-th, into a fixed number of rows
   (POST_NMS_TOPK + TIE_SLACK) with a validity mask.
 """
@@ -22,6 +25,7 @@ from blendstudy.ops import box_iou
 
 TIE_SLACK = 16
 NMS_STEPS = 24
+NMS_CANDIDATES = 1000
 
 
 def _level_candidates(logits, reg, ctr, stride: int, s: DecodeSettings):
@@ -86,17 +90,29 @@ def decode_sync_free(head: HeadOutputs, image_sizes: Sequence[Tuple[int, int]], 
     levels = torch.cat([p[5] for p in per_level], 1)
     out: List[Proposals] = []
     for i in range(n_img):
-        keep, converged = greedy_nms_fixed(boxes[i], scores[i], classes[i], valid[i], s.nms_thresh)
-        kept_scores = torch.where(keep, scores[i], torch.full_like(scores[i], -1.0))
-        rows = min(s.post_nms_topk + TIE_SLACK, kept_scores.shape[0]) if s.post_nms_topk > 0 \
-            else kept_scores.shape[0]
-        top_vals, top_idx = kept_scores.topk(rows)
+        s_all = torch.where(valid[i], scores[i], torch.full_like(scores[i], -1.0))
+        m = min(NMS_CANDIDATES, s_all.shape[0])
+        ranked, order = s_all.sort(descending=True, stable=True)
+        cand = order[:m]
+        next_score = ranked[m] if s_all.shape[0] > m else ranked.new_tensor(-1.0)
+        keep, converged = greedy_nms_fixed(boxes[i][cand], scores[i][cand], classes[i][cand], valid[i][cand],
+                                           s.nms_thresh)
+        kept_scores = torch.where(keep, scores[i][cand], torch.full_like(scores[i][cand], -1.0))
+        rows = min(s.post_nms_topk + TIE_SLACK, m) if s.post_nms_topk > 0 else m
+        top_vals, top_pos = kept_scores.topk(rows)
         row_valid = top_vals > -0.5
-        if s.post_nms_topk > 0 and kept_scores.shape[0] > s.post_nms_topk:
+        if s.post_nms_topk > 0 and m > s.post_nms_topk:
             kth = top_vals[s.post_nms_topk - 1]
             row_valid = row_valid & (top_vals >= kth)
-            # a tie run longer than the slack would lose rows: flag it like non-convergence
+            # a tie run longer than the slack would lose rows
             converged = converged & ~((top_vals[-1] >= kth) & (top_vals[-1] > -0.5))
+            filled = kth > -0.5
+            # candidates left out of the NMS could still enter the result unless the result filled
+            # up above their best score
+            converged = converged & ((next_score < -0.5) | (filled & (kth > next_score)))
+        else:
+            converged = converged & (next_score < -0.5)
+        top_idx = cand[top_pos]
         lv = levels[i][top_idx]
         li = loc_idx[i][top_idx]
         feats = _gather_top_feats(head.top_feats, i, lv, li)

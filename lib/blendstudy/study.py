@@ -140,7 +140,10 @@ def _synthetic(spec: Dict[str, Any], default_objects=(1, 6)):
     root = root if root.is_absolute() else REPO_ROOT / root
     sizes = spec.get("image_size", [480, 640])
     size = [tuple(s) for s in sizes] if sizes and isinstance(sizes[0], (list, tuple)) else tuple(sizes)
-    tag = "x".join(str(v) for v in (size if isinstance(size, tuple) else size[0]))
+    all_sizes = [size] if isinstance(size, tuple) else size
+    tag = "_".join("x".join(str(v) for v in sz) for sz in all_sizes)  # every size: no folder collisions
+    if "objects_per_image" in spec:
+        tag += "_obj" + "-".join(str(v) for v in spec["objects_per_image"])
     out = root / f"synthetic_{spec.get('split', 'bench')}_seed{spec.get('seed', 0)}_{spec['num_images']}_{tag}"
     return ensure_synthetic_coco(out, int(spec["num_images"]), seed=int(spec.get("seed", 0)), image_size=size,
                                  objects_per_image=tuple(spec.get("objects_per_image", default_objects)),

@@ -124,7 +124,7 @@ def _timed_call(fn: Callable[[Any], Any], x: Any, device: torch.device) -> float
 
 
 def _progress(total: int, desc: Optional[str], enabled: bool):
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, disable=not enabled, leave=False)
 

@@ -1,0 +1,200 @@
+"""Run the whole study: every notebook in order with papermill, then an HTML report.
+
+`run_study("params/default.yaml")` executes notebooks/<name>.ipynb for each name of NOTEBOOKS with
+the parameters ``params_file`` and ``out_dir`` into ``artifacts/<params name>/`` (the executed
+notebooks beside ``results/<notebook>.json`` and ``figures/*.png``, which the notebooks write), stops
+at the first failing notebook with a :class:`StudyError` that names the notebook, the cell and the
+error line, and renders the executed summary notebook to ``artifacts/<params name>/report.html``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Sequence, Union
+
+from blendstudy.cli import UserError
+
+#: The study's notebooks, in the order they run (later ones read earlier ones' results).
+NOTEBOOKS = ("env_check", "weights_check", "baseline", "p0_resize", "p1_decode", "p2_runtime",
+             "p3_compile", "p4_pad64", "p5_eval", "summary")
+
+#: Which notebook measures each stage recipe of blendstudy.optimize.STAGE_RECIPES.
+STAGE_NOTEBOOKS = {"baseline": "baseline", "p0": "p0_resize", "p1": "p1_decode", "p2": "p2_runtime",
+                   "p3": "p3_compile", "p4": "p4_pad64"}
+
+PathLike = Union[str, Path]
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+class StudyError(UserError):
+    """A notebook of the study failed; the message says which notebook, which cell and why.
+
+    notebook: the notebook's name; cell: its 1-based cell number in notebooks/<name>.ipynb (None
+    when the failure was not in a cell); executed: the executed copy, with the traceback in it.
+    """
+
+    def __init__(self, message: str, notebook: str, cell: Optional[int] = None,
+                 executed: Optional[Path] = None) -> None:
+        super().__init__(message)
+        self.notebook = notebook
+        self.cell = cell
+        self.executed = executed
+
+
+def repo_root() -> Path:
+    """The checkout holding notebooks/ and params/: the working directory or one of its parents,
+    else the one this (editable) package lives in."""
+    for d in (Path.cwd(), *Path.cwd().parents):
+        if (d / "notebooks").is_dir() and (d / "params").is_dir():
+            return d
+    return Path(__file__).resolve().parents[2]
+
+
+def _strip(text: str) -> str:
+    return _ANSI.sub("", text)
+
+
+def _source_cell_number(source_notebook: Path, cell_source: str, cell_index: int) -> int:
+    """1-based number of the failing cell in the source notebook: the cell with the failing source,
+    else papermill's index less the "injected-parameters" cell it inserted before it."""
+    try:
+        cells = json.loads(source_notebook.read_text(encoding="utf-8"))["cells"]
+    except (OSError, ValueError, KeyError):
+        cells = []
+    for i, cell in enumerate(cells):
+        text = cell.get("source", "")
+        if (text if isinstance(text, str) else "".join(text)) == cell_source:
+            return i + 1
+    return max(cell_index, 1)
+
+
+def _failing_line(traceback: Sequence[str]) -> Optional[str]:
+    """The notebook line the error came from: the last '---->' marker of the cell's frame."""
+    lines = _strip("\n".join(traceback)).splitlines()
+    for line in lines:  # the first frame is the cell itself
+        m = re.match(r"\s*-+>\s*(\d+)\s(.*)", line)
+        if m:
+            return f"line {m.group(1)}: {m.group(2).strip()}"
+    return None
+
+
+def _describe_failure(name: str, source: Path, executed: Path, exc: Exception) -> StudyError:
+    from papermill.exceptions import PapermillExecutionError
+
+    if isinstance(exc, PapermillExecutionError):
+        cell = _source_cell_number(source, exc.source, exc.cell_index)
+        error = f"{exc.ename}: {_strip(str(exc.evalue)).strip()}".rstrip(": ")
+        where = _failing_line(exc.traceback)
+        msg = (f"notebook {name} failed in cell {cell} (In [{exc.exec_count}])"
+               + (f" at {where}" if where else "") + f"\n  {error}\n  executed copy: {executed}")
+        return StudyError(msg, name, cell, executed)
+    first = _strip(str(exc)).strip().splitlines()
+    why = f"{type(exc).__name__}: {first[0]}" if first else type(exc).__name__
+    return StudyError(f"notebook {name} did not run: {why}\n  executed copy (if any): {executed}",
+                      name, None, executed)
+
+
+def load_results(run_folder: PathLike) -> Dict[str, Dict[str, Any]]:
+    """The results JSON of each notebook of a run (<run_folder>/results/<notebook>.json), keyed by
+    notebook name, in the study's order; notebooks that have not written one are absent."""
+    folder = Path(run_folder) / "results"
+    out: Dict[str, Dict[str, Any]] = {}
+    for name in NOTEBOOKS:
+        path = folder / f"{name}.json"
+        if path.is_file():
+            out[name] = json.loads(path.read_text(encoding="utf-8"))
+    return out
+
+
+def render_report(executed_notebook: PathLike, html_path: PathLike, exclude_input: bool = True) -> Path:
+    """HTML of an executed notebook (figures embedded); code cells hidden unless exclude_input=False."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    nb = nbformat.read(str(executed_notebook), as_version=4)
+    exporter = HTMLExporter(exclude_input=exclude_input, exclude_input_prompt=exclude_input,
+                            exclude_output_prompt=exclude_input)
+    body, _ = exporter.from_notebook_node(nb)
+    out = Path(html_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(body, encoding="utf-8")
+    return out
+
+
+def run_study(params_file: PathLike, out_root: PathLike = "artifacts", notebooks: Optional[Sequence[str]] = None,
+              kernel: str = "python3", log: Callable[[str], None] = print, exclude_input: bool = True) -> Path:
+    """Execute the study's notebooks for one params file; returns artifacts folder of the run.
+
+    params_file: a params YAML (relative to the working directory or to the repository root).
+    out_root: the run goes to <out_root>/<params file stem>/ (relative to the working directory).
+    notebooks: names (of NOTEBOOKS) to run, in the study's order; default all of them.
+    Each executed notebook is written to <run>/<name>.ipynb as it runs (also when it fails).
+    Raises StudyError at the first failing notebook. The report (<run>/report.html) is rendered
+    from <run>/summary.ipynb whenever that notebook ran.
+    """
+    import papermill as pm
+
+    root = repo_root()
+    params = Path(params_file)
+    if not params.is_absolute() and not params.exists():
+        params = root / params
+    if not params.is_file():
+        raise StudyError(f"{params_file}: params file not found", "params")
+    params = params.resolve()
+    selected = list(NOTEBOOKS) if notebooks is None else list(notebooks)
+    unknown = [n for n in selected if n not in NOTEBOOKS]
+    if unknown:
+        raise StudyError(f"unknown notebook(s) {unknown}; the study has {', '.join(NOTEBOOKS)}", unknown[0])
+    selected = [n for n in NOTEBOOKS if n in selected]
+    run = (Path(out_root) / params.stem).resolve()
+    run.mkdir(parents=True, exist_ok=True)
+
+    started = time.perf_counter()
+    for k, name in enumerate(selected, 1):
+        source = root / "notebooks" / f"{name}.ipynb"
+        executed = run / f"{name}.ipynb"
+        if not source.is_file():
+            raise StudyError(f"{source}: notebook not found (python tools/make_notebooks.py writes them)", name)
+        log(f"[{k}/{len(selected)}] {name} ...")
+        t0 = time.perf_counter()
+        try:
+            pm.execute_notebook(str(source), str(executed),
+                                parameters={"params_file": str(params), "out_dir": str(run)},
+                                kernel_name=kernel, cwd=str(root), progress_bar=False, log_output=False)
+        except Exception as exc:  # PapermillExecutionError, a dead kernel, a missing kernel ...
+            raise _describe_failure(name, source, executed, exc) from exc
+        log(f"[{k}/{len(selected)}] {name} done in {time.perf_counter() - t0:.1f} s")
+
+    if "summary" in selected:
+        html = render_report(run / "summary.ipynb", run / "report.html", exclude_input=exclude_input)
+        log(f"report: {html}")
+    log(f"study {params.stem}: {len(selected)} notebook(s) in {time.perf_counter() - started:.1f} s -> {run}")
+    return run
+
+
+# ---- CLI ------------------------------------------------------------------------------------
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    names = [n.strip() for n in args.notebooks.split(",") if n.strip()] if args.notebooks else None
+    run_study(args.params, out_root=args.out_root, notebooks=names, kernel=args.kernel,
+              exclude_input=not args.with_code)
+    return 0
+
+
+def register_cli(sub: argparse._SubParsersAction) -> None:
+    """`python -m blendstudy reproduce --params params/default.yaml` (blendstudy.cli.EXTRA_COMMANDS)."""
+    r = sub.add_parser("reproduce", help="run every notebook with papermill into artifacts/<params name>/")
+    r.add_argument("--params", default="params/default.yaml", help="params YAML (default: %(default)s)")
+    r.add_argument("--out-root", default="artifacts", help="the run goes to <out-root>/<params name>/")
+    r.add_argument("--notebooks", default=None,
+                   help=f"comma-separated subset of: {','.join(NOTEBOOKS)} (default: all, in this order)")
+    r.add_argument("--kernel", default="python3", help="Jupyter kernel name")
+    r.add_argument("--with-code", action="store_true", help="keep the code cells in report.html")
+    r.set_defaults(func=cmd_reproduce)
+
+
+__all__ = ["NOTEBOOKS", "STAGE_NOTEBOOKS", "StudyError", "load_results", "render_report", "repo_root", "run_study",
+           "register_cli"]
