@@ -598,6 +598,18 @@ extra_accuracy = {f"{r} vs baseline": compare_runs(outputs["baseline"], dict(zip
 display(report.latency_table(list(extra_latency.items())).assign(weights=weights))
 display(report.accuracy_table(extra_accuracy).assign(weights=weights) if extra_accuracy else Markdown("no extras"))
 '''),
+    md('''
+Each extra recipe against the **baseline**, paired (the way every speedup here is stated), with
+its tail: P99/P50 of the recipe's own latency run.
+'''),
+    code('''
+extra_ab = {r: timing.paired_compare(pipes["baseline"], p, images, loaded.device, rounds=T.rounds, warmup=T.warmup,
+                                     n_boot=T.n_boot, confidence=T.confidence, progress=False,
+                                     name_a="baseline", name_b=r) for r, p in {STAGE: pipes[STAGE], **extras}.items()}
+display(pd.DataFrame([{"recipe": r, "median speedup vs baseline": c.median_speedup, "CI low": c.ci_low,
+                       "CI high": c.ci_high, "P99/P50": extra_latency[r].stats.p99 / extra_latency[r].stats.p50,
+                       "weights": weights} for r, c in extra_ab.items()]))
+'''),
     code('''
 P = params.profile
 extra_profiles = {}
@@ -630,7 +642,8 @@ stay put.
     "shapes": shape_table, "dynamo_counters": dynamo, "extras": {
         "latency": {r: run.stats for r, run in extra_latency.items()},
         "samples_ms": {r: run.samples_ms for r, run in extra_latency.items()},
-        "accuracy": extra_accuracy, "profiles": {k: p.to_dict() for k, p in extra_profiles.items()}},''',
+        "accuracy": extra_accuracy, "profiles": {k: p.to_dict() for k, p in extra_profiles.items()},
+        "paired_vs_baseline": extra_ab},''',
     apply_environment=True)
 
 
