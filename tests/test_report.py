@@ -142,3 +142,12 @@ def test_write_results(tmp_path):
     assert rec["extra"]["metrics"]["AP"] == 38.0
     explicit = write_results(tmp_path / "out" / "named.json", "x", {}, {})
     assert (tmp_path / "out" / "named.json").exists() and explicit["extra"] is None
+
+
+def test_efficiency_table_hand_computed():
+    from blendstudy.report import efficiency_table
+
+    df = efficiency_table(2e9, 1e11, {"baseline": 100.0, "p4": 50.0})
+    assert list(df["version"]) == ["baseline", "p4"]
+    assert df["GFLOP/s"].tolist() == pytest.approx([20.0, 40.0])
+    assert df["fraction of peak"].tolist() == pytest.approx([0.2, 0.4])

@@ -784,6 +784,15 @@ report.plot_speedup_waterfall([(r, stats[r].mean) for r in stages], PATH)'''),
     figure("latency", "summary_latency.png", '''
 report.plot_latency_distribution(
     {r: extra[STAGE_NOTEBOOKS[r]]["samples_ms"][r] for r in stages}, PATH, title="Per-image latency of each stage")'''),
+    figure("cdf", "summary_latency_cdf.png", '''
+report.plot_latency_cdf(
+    {r: extra[STAGE_NOTEBOOKS[r]]["samples_ms"][r] for r in stages}, PATH, title="Latency CDF of each stage")'''),
+    md("## How far from the device's limit"),
+    code('''
+eff = extra.get("baseline", {}).get("efficiency")
+display(report.efficiency_table(eff["flops_per_image"], eff["peak_flops"], {r: stats[r].mean for r in stages})
+        .assign(weights=weights) if eff else Markdown("no FLOP count in this run"))
+'''),
     md("## Accuracy of each stage against the baseline"),
     code('''
 reports = {name: AccuracyReport(**rep) for nb in STAGE_NOTEBOOKS.values()
@@ -806,6 +815,12 @@ else:
 beyond = extra.get("p4_pad64", {}).get("extras", {}).get("latency", {})
 display(report.latency_table([(r, LatencyStats(**s)) for r, s in beyond.items()]).assign(weights=weights)
         if beyond else Markdown("no extras measured"))
+'''),
+    code('''
+paired = extra.get("p4_pad64", {}).get("extras", {}).get("paired_vs_baseline", {})
+display(pd.DataFrame([{"recipe": r, "median speedup vs baseline": c["median_speedup"], "CI low": c["ci_low"],
+                       "CI high": c["ci_high"], "weights": weights} for r, c in paired.items()])
+        if paired else Markdown("no paired extras"))
 '''),
     code('''
 record = report.write_results(run_folder / "results", "summary", {**params, "max_images": max_images}, figures,

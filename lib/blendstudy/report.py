@@ -417,3 +417,16 @@ __all__ = [
     "plot_stage_breakdown",
     "plot_speedup_waterfall",
 ]
+
+
+def efficiency_table(flops_per_image: float, peak_flops: float, latencies_ms: Mapping[str, float]) -> pd.DataFrame:
+    """How far each version is from the device's limit: model FLOPs per image over its mean latency,
+    against the measured matmul peak. Columns: version / latency_ms / GFLOP/s / fraction of peak."""
+    from blendstudy.profile import efficiency
+
+    rows = []
+    for name, ms in latencies_ms.items():
+        eff = efficiency(flops_per_image, ms, peak_flops)
+        rows.append({"version": name, "latency_ms": ms, "GFLOP/s": eff.achieved_flops / 1e9,
+                     "peak GFLOP/s": peak_flops / 1e9, "fraction of peak": eff.fraction_of_peak})
+    return pd.DataFrame(rows, columns=["version", "latency_ms", "GFLOP/s", "peak GFLOP/s", "fraction of peak"])
