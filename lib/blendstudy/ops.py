@@ -202,11 +202,14 @@ def roi_align(features: torch.Tensor, rois: torch.Tensor, output_size: Tuple[int
 
 
 def paste_masks(masks: torch.Tensor, boxes: torch.Tensor, image_size: Tuple[int, int],
-                threshold: float = 0.5, chunk_pixels: int = 1 << 26) -> torch.Tensor:
+                threshold: float = 0.5, chunk_pixels: int = 1 << 26,
+                valid: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Paste (N, M, M) soft masks into (N, H, W) bool full-image masks, each into its xyxy box (in
     output-image pixels): detectron2's paste_masks_in_image (grid_sample at pixel centres,
     align_corners=False, then >= threshold). Each mask is computed only over the region that
-    bounds its box, as detectron2 does on the CPU; results are identical on every device."""
+    bounds its box, as detectron2 does on the CPU; results are identical on every device.
+    valid: optional (N,) bool of the rows that matter (fixed-shape results); the others stay empty
+    where skipping them is free (the CPU loop), and are computed anyway elsewhere (no sync)."""
     h, w = image_size
     n = masks.shape[0]
     out = torch.zeros((n, h, w), dtype=torch.bool, device=masks.device)
@@ -214,7 +217,8 @@ def paste_masks(masks: torch.Tensor, boxes: torch.Tensor, image_size: Tuple[int,
         return out
     boxes = boxes.to(torch.float32)
     if masks.device.type == "cpu":
-        for i in range(n):
+        rows = range(n) if valid is None else torch.nonzero(valid).flatten().tolist()
+        for i in rows:
             region, (ys, xs) = _paste_region(masks[i:i + 1], boxes[i:i + 1], h, w, True)
             out[i, ys, xs] = region[0] >= threshold
         return out

@@ -210,10 +210,11 @@ class Pipeline:
         keep = torch.nonzero(nonempty).squeeze(1)
         return proposals.select(keep), masks[keep], boxes[keep]
 
-    def paste(self, masks: torch.Tensor, boxes: torch.Tensor, output_size: Tuple[int, int]) -> Optional[torch.Tensor]:
+    def paste(self, masks: torch.Tensor, boxes: torch.Tensor, output_size: Tuple[int, int],
+              valid: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
         if self.options.raw_masks:
             return None
-        return ops.paste_masks(masks, boxes, output_size, threshold=0.5)
+        return ops.paste_masks(masks, boxes, output_size, threshold=0.5, valid=valid)
 
     def extract(self, proposals: Proposals, boxes: torch.Tensor, masks: torch.Tensor,
                 full_masks: Optional[torch.Tensor], output_size: Tuple[int, int]) -> Detections:
@@ -258,7 +259,7 @@ class Pipeline:
         masks = self.blend(bases, proposals)
         proposals, masks, boxes = self.rescale(proposals, masks, input_size, output_size,
                                                fixed_shape=proposals.valid is not None)
-        full = self.paste(masks, boxes, output_size)
+        full = self.paste(masks, boxes, output_size, proposals.valid)
         det = self.extract(proposals, boxes, masks, full, output_size)
         if converged is not None:
             det.extras["decode_converged"] = bool(converged)

@@ -97,7 +97,7 @@ def profiled_call(pipeline: Pipeline, image: ImageLike, clock: Callable[[], floa
         s = mark("blender", s)
         proposals, masks, boxes = pipeline.rescale(proposals, masks, input_size, output_size,
                                                    fixed_shape=proposals.valid is not None)
-        full = pipeline.paste(masks, boxes, output_size)
+        full = pipeline.paste(masks, boxes, output_size, proposals.valid)
         s = mark("mask paste", s)
         pipeline.extract(proposals, boxes, masks, full, output_size)
         mark("result extraction", s)
