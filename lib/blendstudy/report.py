@@ -342,7 +342,9 @@ def plot_stage_breakdown(data: Union[pd.DataFrame, Mapping[str, Mapping[str, flo
     df = df.fillna(0.0).astype(float)
     if df.empty:
         raise ValueError("no stage timings to plot")
-    colors = sns.color_palette("tab10", n_colors=max(len(df.columns), 1))
+    # one distinct colour per stage: tab10 repeats after ten and the profile has eleven stages
+    n_colors = max(len(df.columns), 1)
+    colors = sns.color_palette("tab10" if n_colors <= 10 else "tab20", n_colors=n_colors)
     with sns.axes_style("whitegrid"):
         fig = _figure((8.0, 1.4 + 0.6 * len(df)))
         ax = fig.add_subplot()
