@@ -62,7 +62,7 @@ RECIPES: Dict[str, List[str]] = {
     "best": _P + ["fold_bn", "raw_masks"],
     # on a CPU there is no host-device sync to remove, and the fixed-shape NMS costs O(K^2): the
     # CPU's best chain leaves P1 out (the P1 notebook measures why)
-    "best_cpu": ["device_resize", "runtime", "compile_backbone", "pad64", "fold_bn", "raw_masks"],
+    "best_cpu": ["device_resize", "runtime", "compile_backbone", "pad64", "fold_bn", "raw_masks", "channels_last"],
 }
 STAGE_RECIPES = ["baseline", "p0", "p1", "p2", "p3", "p4"]
 
