@@ -36,10 +36,3 @@ def decode_rle(rles: Sequence[Dict[str, Any]], image_size: Tuple[int, int]) -> n
     if len(rles) == 0:
         return np.zeros((0, h, w), dtype=bool)
     return mask_util.decode(_as_bytes(rles)).transpose(2, 0, 1).astype(bool)
-
-
-def mask_iou_rle(a: Sequence[Dict[str, Any]], b: Sequence[Dict[str, Any]]) -> np.ndarray:
-    """Pairwise mask IoU (len(a), len(b)) between two lists of RLEs."""
-    if len(a) == 0 or len(b) == 0:
-        return np.zeros((len(a), len(b)))
-    return np.asarray(mask_util.iou(_as_bytes(a), _as_bytes(b), [0] * len(b)))

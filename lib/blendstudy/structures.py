@@ -95,19 +95,4 @@ class Detections:
         )
 
 
-def records_to_detections(records: Dict[str, Dict[str, Any]]) -> Dict[str, Detections]:
-    return {name: Detections.from_record(rec) for name, rec in records.items()}
-
-
-def empty_detections(image_size: Tuple[int, int], device: Any = "cpu") -> Detections:
-    h, w = image_size
-    return Detections(
-        boxes=torch.zeros((0, 4), device=device),
-        scores=torch.zeros((0,), device=device),
-        classes=torch.zeros((0,), dtype=torch.int64, device=device),
-        image_size=image_size,
-        masks=torch.zeros((0, h, w), dtype=torch.bool, device=device),
-    )
-
-
-__all__: List[str] = ["Detections", "records_to_detections", "empty_detections"]
+__all__: List[str] = ["Detections"]

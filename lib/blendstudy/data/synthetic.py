@@ -49,6 +49,8 @@ from PIL import Image
 from pycocotools import mask as mask_util
 from tqdm import tqdm
 
+from blendstudy.masks import encode_rle
+
 from .images import PathLike
 
 __all__ = [
@@ -379,12 +381,6 @@ def _paint(rng: np.random.Generator, canvas: np.ndarray, p: _Placed, noise: int)
     view[p.mask] = np.clip(np.rint(tex[p.mask]), 0, 255).astype(np.uint8)
 
 
-def _encode_rle(mask: np.ndarray) -> Dict[str, Any]:
-    """Compressed COCO RLE of an (H, W) bool mask, ``counts`` as str, ``size`` [H, W]."""
-    rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"counts": rle["counts"].decode("ascii"), "size": [int(v) for v in rle["size"]]}
-
-
 def render_synthetic_image(seed: int, index: int, config: Optional[SyntheticConfig] = None) -> RenderedImage:
     """Render picture ``index`` of the synthetic dataset with ``seed`` and ``config``.
 
@@ -449,7 +445,7 @@ def render_synthetic_image(seed: int, index: int, config: Optional[SyntheticConf
         else:
             full = np.zeros((height, width), dtype=bool)
             full[p.y0:p.y0 + h, p.x0:p.x0 + w] = vis
-            segmentation = _encode_rle(full)
+            segmentation = encode_rle(full[None])[0]
         annotations.append({"area": area, "bbox": bbox, "category_id": p.category_id, "iscrowd": 0,
                             "segmentation": segmentation})
     return RenderedImage(image=canvas, label_map=label, annotations=annotations,
