@@ -253,6 +253,45 @@ def test_batched_nms_loop_path_matches_per_class_reference(seed):
     assert set(offset_keep.tolist()) == set(keep.tolist())
 
 
+def _top_k_with_ties(keep: torch.Tensor, scores: torch.Tensor, k: int) -> list:
+    """What AdelaiDet keeps after NMS: the k best kept and every one tied with the k-th."""
+    if keep.numel() <= k:
+        return keep.tolist()
+    kth = scores[keep][k - 1]
+    return keep[scores[keep] >= kth].tolist()
+
+
+@pytest.mark.parametrize("chunk", [7, 64, 512])
+@pytest.mark.parametrize("k", [1, 5, 30, 100, 1000])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_nms_max_keep_gives_the_post_nms_top_k(monkeypatch, seed, k, chunk):
+    monkeypatch.setattr(ops, "NMS_CHUNK", chunk)
+    gen = torch.Generator().manual_seed(20 + seed)
+    n = 400
+    boxes = random_boxes(gen, n, size=120.0, integer=seed == 0)
+    scores = tied_scores(gen, n) if seed < 2 else torch.rand(n, generator=gen)
+    full = ops.nms(boxes, scores, 0.5)
+    early = ops.nms(boxes, scores, 0.5, max_keep=k)
+    assert early.tolist() == full.tolist()[: early.numel()], "a prefix of the full pass"
+    assert _top_k_with_ties(early, scores, k) == _top_k_with_ties(full, scores, k)
+    idxs = torch.randint(0, 4, (n,), generator=gen)
+    for m in (n, 1100):  # offset path and per-class loop path
+        b = boxes.repeat(m // n + 1, 1)[:m] + torch.rand(m, 1, generator=gen)
+        sc = scores.repeat(m // n + 1)[:m]
+        ix = idxs.repeat(m // n + 1)[:m]
+        # (the per-class path orders tied scores arbitrarily, as torchvision's: compare as sets)
+        assert (sorted(_top_k_with_ties(ops.batched_nms(b, sc, ix, 0.6, max_keep=k), sc, k))
+                == sorted(_top_k_with_ties(ops.batched_nms(b, sc, ix, 0.6), sc, k)))
+
+
+def test_nms_max_keep_stops_early_on_ties_only_after_the_run():
+    # four identical scores: with max_keep=2 the tie with the 2nd kept box must still be decided
+    boxes = torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50], [60, 60, 70, 70], [80, 80, 90, 90]])
+    scores = torch.tensor([0.9, 0.5, 0.5, 0.5, 0.4])
+    assert ops.nms(boxes, scores, 0.5, max_keep=2).tolist() == [0, 1, 2, 3]
+    assert ops.nms(boxes, scores, 0.5, max_keep=5).tolist() == [0, 1, 2, 3, 4]
+
+
 # ------------------------------------------------------------------------------------------------
 # Sync-free NMS (P1's fixed-shape NMS; its `converged` flag guards exactness)
 # ------------------------------------------------------------------------------------------------
@@ -482,6 +521,63 @@ def test_kth_largest_threshold_keeps_ties():
     thr = ops.kth_largest_threshold(scores, 3)
     assert float(thr) == 0.5
     assert int((scores >= thr).sum()) == 5
+
+
+# ------------------------------------------------------------------------------------------------
+# conv_at (the top layer evaluated at the detections only)
+# ------------------------------------------------------------------------------------------------
+def _cells_with_borders(shapes, rows, gen):
+    levels = torch.randint(0, len(shapes), (rows,), generator=gen)
+    cells = torch.stack([torch.randint(0, shapes[int(lv)][0] * shapes[int(lv)][1], (1,), generator=gen)[0]
+                         for lv in levels])
+    # corners and edges of every level, where the zero padding matters
+    for lv, (h, w) in enumerate(shapes):
+        corner = torch.tensor([0, w - 1, (h - 1) * w, h * w - 1, w * (h // 2)])
+        levels = torch.cat([levels, torch.full_like(corner, lv)])
+        cells = torch.cat([cells, corner])
+    return levels, cells
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("kernel", [1, 3, 5])
+def test_conv_at_equals_the_full_conv_at_those_cells(channels_last, kernel):
+    gen = torch.Generator().manual_seed(kernel)
+    conv = torch.nn.Conv2d(6, 10, kernel, 1, kernel // 2)
+    shapes = [(7, 9), (4, 5), (1, 3)]
+    maps = [torch.randn(2, 6, h, w, generator=gen) for h, w in shapes]
+    if channels_last:
+        maps = [m.contiguous(memory_format=torch.channels_last) for m in maps]
+    levels, cells = _cells_with_borders(shapes, 12, gen)
+    image = torch.randint(0, 2, (levels.shape[0],), generator=gen)
+    full = [conv(m) for m in maps]
+    want = torch.stack([full[int(lv)][int(im), :, int(c) // shapes[int(lv)][1], int(c) % shapes[int(lv)][1]]
+                        for lv, c, im in zip(levels, cells, image)])
+    with torch.no_grad():
+        got = ops.conv_at(conv, maps, levels, cells, image)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        # one batch index for all rows
+        got0 = ops.conv_at(conv, maps, levels, cells, 1)
+    want1 = torch.stack([full[int(lv)][1, :, int(c) // shapes[int(lv)][1], int(c) % shapes[int(lv)][1]]
+                         for lv, c in zip(levels, cells)])
+    torch.testing.assert_close(got0, want1, atol=1e-5, rtol=1e-5)
+
+
+def test_conv_at_no_rows_and_no_bias():
+    conv = torch.nn.Conv2d(4, 3, 3, 1, 1, bias=False)
+    maps = [torch.randn(1, 4, 5, 5)]
+    with torch.no_grad():
+        out = ops.conv_at(conv, maps, torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
+        assert out.shape == (0, 3)
+        one = ops.conv_at(conv, maps, torch.tensor([0]), torch.tensor([12]))
+    torch.testing.assert_close(one[0], conv(maps[0])[0, :, 2, 2], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("conv", [torch.nn.Conv2d(4, 3, 3, 2, 1), torch.nn.Conv2d(4, 3, 3, 1, 0),
+                                  torch.nn.Conv2d(4, 3, 2, 1, 1), torch.nn.Conv2d(4, 4, 3, 1, 1, groups=2),
+                                  torch.nn.Conv2d(4, 3, 3, 1, 2, dilation=2)])
+def test_conv_at_rejects_what_it_cannot_compute(conv):
+    with pytest.raises(ValueError, match="stride-1 'same' conv"):
+        ops.conv_at(conv, [torch.randn(1, 4, 5, 5)], torch.tensor([0]), torch.tensor([3]))
 
 
 # ------------------------------------------------------------------------------------------------

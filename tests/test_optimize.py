@@ -122,13 +122,41 @@ def test_reference_detects_something(reference):
     assert all(len(d) > 0 for d in reference.values())
 
 
+def _bn_after_conv(model):
+    """BatchNorms directly after a plain conv inside nn.Sequential blocks (the basis module)."""
+    return [(m, i) for m in model.modules() if isinstance(m, torch.nn.Sequential)
+            for i in range(1, len(m)) if type(m[i - 1]) is torch.nn.Conv2d and isinstance(m[i], torch.nn.BatchNorm2d)]
+
+
 def test_fold_frozen_bn_counts_and_removes_norms(base):
     model = copy.deepcopy(base.model)
     with_norm = sum(1 for m in model.modules() if isinstance(m, ConvNorm) and m.norm is not None)
-    assert with_norm > 0
-    assert fold_frozen_bn(model) == with_norm
+    in_sequential = len(_bn_after_conv(model))
+    assert with_norm > 0 and in_sequential > 0
+    assert fold_frozen_bn(model) == with_norm + in_sequential
     assert all(m.norm is None for m in model.modules() if isinstance(m, ConvNorm))
+    assert _bn_after_conv(model) == []
     assert fold_frozen_bn(model) == 0  # nothing left to fold
+
+
+def test_fold_bn_of_a_sequential_block_is_exact():
+    torch.manual_seed(0)
+    block = torch.nn.Sequential(torch.nn.Conv2d(3, 5, 3, 1, 1, bias=False), torch.nn.BatchNorm2d(5),
+                                torch.nn.ReLU(), torch.nn.Conv2d(5, 4, 1), torch.nn.BatchNorm2d(4, affine=False))
+    for bn in (block[1], block[4]):
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+    block[1].weight.data.uniform_(0.5, 2)
+    block[1].bias.data.uniform_(-1, 1)
+    block.eval()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        want = block(x)
+        assert fold_frozen_bn(block) == 2
+        assert isinstance(block[1], torch.nn.Identity) and isinstance(block[4], torch.nn.Identity)
+        torch.testing.assert_close(block(x), want, atol=1e-5, rtol=1e-5)
+    train_bn = torch.nn.Sequential(torch.nn.Conv2d(3, 5, 3), torch.nn.BatchNorm2d(5))  # training mode
+    assert fold_frozen_bn(train_bn) == 0
 
 
 def test_fold_bn_keeps_the_outputs(base, images, reference):
@@ -167,6 +195,40 @@ def test_build_pipeline_leaves_the_base_untouched(base, restore_recompile_limit)
     # and the built one did change
     assert built.options.dtype == "bfloat16" and built.options.resize == "device"
     assert next(built.model.parameters()).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("decode", [[], ["sync_free_decode"]])
+def test_lazy_attention_gives_the_same_detections(base, images, reference, decode):
+    pipe = build_pipeline(base, ["lazy_attention"] + decode)
+    assert pipe.model.lazy_attention and not base.model.lazy_attention
+    calls = []
+    hook = pipe.model.top_layer.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        got = {name: pipe(im) for name, im in images.items()}
+    finally:
+        hook.remove()
+    assert calls == [], "the top layer must not run over the feature maps"
+    rep = compare_runs(reference, got)
+    assert rep.ref_instances == rep.test_instances == rep.matched > 0
+    assert rep.mean_box_iou == 1.0 and rep.max_score_diff == 0.0  # boxes do not depend on the attention
+    assert rep.mean_mask_iou > 0.999  # float rounding of the attention can flip a border pixel
+    for name in IMAGES:
+        torch.testing.assert_close(got[name].boxes, reference[name].boxes, atol=0, rtol=0)
+
+
+def test_lazy_attention_head_keeps_the_towers_and_attends_only_kept_rows(base, images):
+    pipe = build_pipeline(base, ["lazy_attention"])
+    batch, size = pipe.prepare(images[IMAGES[0]])
+    with torch.no_grad():
+        feats = pipe.model.extract_features(batch)
+        lazy = pipe.model.predict_head(feats)
+        assert lazy.top_feats == [] and len(lazy.box_towers) == len(lazy.logits)
+        props = pipe.decode(lazy, size)
+        eager = base.model.predict_head(feats)
+        assert eager.box_towers == [] and len(eager.top_feats) == len(eager.logits)
+        ref = base.decode(eager, size)
+    assert props.top_feats.shape == ref.top_feats.shape
+    torch.testing.assert_close(props.top_feats, ref.top_feats, atol=1e-4, rtol=1e-4)
 
 
 def test_sync_free_decode_is_exact(base, images, reference):

@@ -91,18 +91,6 @@ def test_losses_of_known_values():
     assert float(T.sigmoid_focal_loss(torch.tensor([10.0]), torch.tensor([0.0]))) > 5
 
 
-def test_top_layer_gather_equals_conv():
-    torch.manual_seed(0)
-    conv = torch.nn.Conv2d(6, 10, 3, 1, 1)
-    x = torch.randn(2, 6, 5, 7)
-    full = conv(x)
-    img = torch.tensor([0, 1, 1, 0])
-    ys = torch.tensor([0, 4, 2, 3])
-    xs = torch.tensor([0, 6, 3, 5])
-    got = T._gather_top_feats(conv, x, img, ys, xs)
-    assert torch.allclose(got, full[img, :, ys, xs], atol=1e-5)
-
-
 def test_one_training_step_is_finite(tmp_path):
     torch.manual_seed(0)
     ds = generate_synthetic_coco(tmp_path, 2, seed=3, image_size=(96, 128), objects_per_image=(2, 3),

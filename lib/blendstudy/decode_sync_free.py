@@ -116,10 +116,8 @@ def decode_sync_free(head: HeadOutputs, image_sizes: Sequence[Tuple[int, int]], 
         lv = levels[i][top_idx]
         li = loc_idx[i][top_idx]
         feats = _gather_top_feats(head.top_feats, i, lv, li)
-        p = Proposals(boxes[i][top_idx], scores[i][top_idx], classes[i][top_idx], feats, lv,
-                      tuple(image_sizes[i]), row_valid)
-        p.converged = converged  # type: ignore[attr-defined]
-        out.append(p)
+        out.append(Proposals(boxes[i][top_idx], scores[i][top_idx], classes[i][top_idx], feats, lv,
+                             tuple(image_sizes[i]), row_valid, cells=li, converged=converged))
     return out
 
 

@@ -1,4 +1,4 @@
-"""Detection ops in plain PyTorch: box IoU, NMS, ROIAlign, mask pasting.
+"""Detection ops in plain PyTorch: box IoU, NMS, ROIAlign, mask pasting, a conv at chosen cells.
 
 Semantics follow torchvision's kernels and detectron2's wrappers exactly (read, not copied), so the
 native model gives AdelaiDet's answers without compiled extensions. Where a working torchvision is
@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 _USE_TORCHVISION = False
 
@@ -51,37 +53,54 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return inter / (area_a[:, None] + area_b[None, :] - inter)
 
 
-def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+NMS_CHUNK = 512
+
+
+def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float, max_keep: int = 0) -> torch.Tensor:
     """Greedy NMS. Returns int64 indices of kept boxes, by decreasing score (ties keep input order,
-    as torchvision's stable sort). A box is suppressed when its IoU with a kept one is > threshold."""
+    as torchvision's stable sort). A box is suppressed when its IoU with a kept one is > threshold.
+
+    max_keep > 0: the caller keeps only the max_keep best kept boxes and every box tied with the
+    last of them (AdelaiDet's post-NMS top-k). Greedy NMS decides boxes in score order, so once
+    max_keep boxes are kept, the first surviving box scored below the last of them ends the pass
+    without changing what the caller keeps. Candidates are taken in chunks of NMS_CHUNK: the IoU
+    matrix is computed only as far as the pass goes."""
     if _USE_TORCHVISION:
         return torchvision_ops().nms(boxes, scores, iou_threshold)  # type: ignore[union-attr]
     if boxes.numel() == 0:
         return torch.empty((0,), dtype=torch.int64, device=boxes.device)
     order = torch.sort(scores, descending=True, stable=True).indices
     b = boxes[order]
-    # The full IoU matrix once, then the greedy pass on the CPU-side boolean matrix: O(n^2) memory
-    # but only one device sync, and n is bounded by the pre-NMS top-k.
-    over = (box_iou(b, b) > iou_threshold).cpu()
-    n = over.shape[0]
-    removed = torch.zeros(n, dtype=torch.bool)
-    keep = []
-    over_np = over.numpy()
-    removed_np = removed.numpy()
-    for i in range(n):
-        if removed_np[i]:
-            continue
-        keep.append(i)
-        removed_np |= over_np[i]
-    keep_t = torch.as_tensor(keep, dtype=torch.int64, device=boxes.device)
-    return order[keep_t]
+    s_np = scores[order].detach().float().cpu().numpy()
+    n = b.shape[0]
+    chunk = NMS_CHUNK if max_keep > 0 else n
+    keep: list = []
+    for start in range(0, n, chunk):
+        end = min(n, start + chunk)
+        cb = b[start:end]
+        # one device sync per chunk: IoU within the chunk and against the boxes kept so far
+        over = (box_iou(cb, cb) > iou_threshold).cpu().numpy()
+        if keep:
+            kept = b[torch.as_tensor(keep, dtype=torch.int64, device=b.device)]
+            removed = (box_iou(cb, kept) > iou_threshold).any(dim=1).cpu().numpy()
+        else:
+            removed = np.zeros(end - start, dtype=bool)
+        for i in range(end - start):
+            if removed[i]:
+                continue
+            if 0 < max_keep <= len(keep) and s_np[start + i] < s_np[keep[max_keep - 1]]:
+                return order[torch.as_tensor(keep, dtype=torch.int64, device=boxes.device)]
+            keep.append(start + i)
+            removed |= over[i]
+    return order[torch.as_tensor(keep, dtype=torch.int64, device=boxes.device)]
 
 
 def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor,
-                iou_threshold: float) -> torch.Tensor:
+                iou_threshold: float, max_keep: int = 0) -> torch.Tensor:
     """Per-class NMS, torchvision's strategy: the coordinate-offset trick for small inputs, a loop
     over classes for large ones (4,000 coordinates on cpu, 20,000 elsewhere). Returns kept indices
-    sorted by decreasing score. Boxes are cast to float32 (fp16 lacks the range for the offsets)."""
+    sorted by decreasing score. Boxes are cast to float32 (fp16 lacks the range for the offsets).
+    max_keep: as in `nms` (the caller keeps the max_keep best and their ties)."""
     boxes = boxes.float()
     if boxes.numel() == 0:
         return torch.empty((0,), dtype=torch.int64, device=boxes.device)
@@ -90,45 +109,47 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor,
         keep_mask = torch.zeros_like(scores, dtype=torch.bool)
         for class_id in torch.unique(idxs):
             curr = torch.where(idxs == class_id)[0]
-            curr_keep = nms(boxes[curr], scores[curr], iou_threshold)
+            curr_keep = nms(boxes[curr], scores[curr], iou_threshold, max_keep)
             keep_mask[curr[curr_keep]] = True
         keep = torch.where(keep_mask)[0]
         return keep[scores[keep].sort(descending=True).indices]
     offsets = idxs.to(boxes) * (boxes.max() + torch.tensor(1).to(boxes))
-    return nms(boxes + offsets[:, None], scores, iou_threshold)
+    return nms(boxes + offsets[:, None], scores, iou_threshold, max_keep)
 
 
-def _bilinear_sample(feat: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Sample feat (C, H, W) at points y, x (same shape S) with torchvision ROIAlign's rules:
-    points outside [-1, H] x [-1, W] give 0; coordinates in [-1, 0] clamp to 0; the last row and
-    column are held. Returns (C, *S)."""
-    c, h, w = feat.shape
-    outside = (y < -1.0) | (y > h) | (x < -1.0) | (x > w)
-    y = y.clamp(min=0)
-    x = x.clamp(min=0)
-    y_low = y.floor().long()
-    x_low = x.floor().long()
-    y_at_end = y_low >= h - 1
-    x_at_end = x_low >= w - 1
-    y_low = torch.where(y_at_end, torch.full_like(y_low, h - 1), y_low)
-    x_low = torch.where(x_at_end, torch.full_like(x_low, w - 1), x_low)
-    y = torch.where(y_at_end, y_low.to(y.dtype), y)
-    x = torch.where(x_at_end, x_low.to(x.dtype), x)
-    y_high = torch.where(y_at_end, y_low, y_low + 1)
-    x_high = torch.where(x_at_end, x_low, x_low + 1)
-    ly = y - y_low.to(y.dtype)
-    lx = x - x_low.to(x.dtype)
-    hy = 1.0 - ly
-    hx = 1.0 - lx
-    flat = feat.reshape(c, h * w)
-
-    def gather(yy: torch.Tensor, xx: torch.Tensor) -> torch.Tensor:
-        idx = (yy * w + xx).reshape(-1)
-        return flat[:, idx].reshape((c,) + tuple(yy.shape))
-
-    val = (hy * hx) * gather(y_low, x_low) + (hy * lx) * gather(y_low, x_high) \
-        + (ly * hx) * gather(y_high, x_low) + (ly * lx) * gather(y_high, x_high)
-    return torch.where(outside, torch.zeros((), dtype=val.dtype, device=val.device), val)
+def _roi_samples(features: torch.Tensor, batch_idx: torch.Tensor, y0: torch.Tensor, x0: torch.Tensor,
+                 bin_h: torch.Tensor, bin_w: torch.Tensor, ph: int, pw: int, grid_h: int, grid_w: int
+                 ) -> torch.Tensor:
+    """ROIAlign bins (K, C, ph, pw) of K rois that share a (grid_h, grid_w) sampling grid: every
+    sample point by ONE F.grid_sample call. torchvision's bilinear_interpolate rules map onto it
+    exactly: a point outside [-1, H] x [-1, W] gives 0 (a mask here), otherwise its coordinates are
+    clamped to [0, H-1] x [0, W-1] (padding_mode="border") and interpolated bilinearly; with
+    align_corners=True the normalised grid addresses pixel centres 0 .. H-1 (one extra float
+    rounding of the coordinate, ~1e-7 relative)."""
+    k = batch_idx.shape[0]
+    _, c, h, w = features.shape
+    dt = features.dtype
+    dev = features.device
+    # sample offsets inside a bin: (i + 0.5) / grid, for every (bin, sample) pair in order
+    sy = torch.arange(ph * grid_h, device=dev)
+    sx = torch.arange(pw * grid_w, device=dev)
+    fy = (sy // grid_h).to(dt) + ((sy % grid_h).to(dt) + 0.5) / grid_h
+    fx = (sx // grid_w).to(dt) + ((sx % grid_w).to(dt) + 0.5) / grid_w
+    ys = y0[:, None] + fy[None, :] * bin_h[:, None]  # (K, ph * grid_h)
+    xs = x0[:, None] + fx[None, :] * bin_w[:, None]  # (K, pw * grid_w)
+    inside = ((ys >= -1.0) & (ys <= h))[:, None, :, None] & ((xs >= -1.0) & (xs <= w))[:, None, None, :]
+    gy = ys * (2.0 / max(h - 1, 1)) - 1.0
+    gx = xs * (2.0 / max(w - 1, 1)) - 1.0
+    rows, cols = ys.shape[1], xs.shape[1]
+    grid = torch.stack([gx[:, None, :].expand(k, rows, cols), gy[:, :, None].expand(k, rows, cols)], dim=-1)
+    # one image: a stride-0 view per roi, no copy (of an NCHW map: grid_sample would copy a
+    # channels_last one k times)
+    src = features.contiguous().expand(k, c, h, w) if features.shape[0] == 1 else features[batch_idx]
+    vals = F.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    vals = vals * inside.to(dt)
+    if grid_h * grid_w > 1:
+        vals = vals.reshape(k, c, ph, grid_h, pw, grid_w).mean(dim=(3, 5))
+    return vals
 
 
 def roi_align(features: torch.Tensor, rois: torch.Tensor, output_size: Tuple[int, int],
@@ -171,33 +192,16 @@ def roi_align(features: torch.Tensor, rois: torch.Tensor, output_size: Tuple[int
         for pair in torch.unique(pairs, dim=0):
             sel = torch.where((pairs == pair).all(1))[0].to(rois.device)
             groups.append((int(pair[0]), int(pair[1]), sel))
-    out = features.new_zeros((k, c, ph, pw))
     batch_idx = rois[:, 0].long()
+    if len(groups) == 1 and groups[0][0] > 0 and groups[0][1] > 0:
+        grid_h, grid_w, _ = groups[0]
+        return _roi_samples(features, batch_idx, y0, x0, bin_h, bin_w, ph, pw, grid_h, grid_w)
+    out = features.new_zeros((k, c, ph, pw))
     for grid_h, grid_w, sel in groups:
         if grid_h == 0 or grid_w == 0:
             continue
-        # sample offsets inside a bin: (iy + 0.5) / grid of the bin size
-        iy = (torch.arange(grid_h, device=rois.device, dtype=rois.dtype) + 0.5) / grid_h
-        ix = (torch.arange(grid_w, device=rois.device, dtype=rois.dtype) + 0.5) / grid_w
-        pyi = torch.arange(ph, device=rois.device, dtype=rois.dtype)
-        pxi = torch.arange(pw, device=rois.device, dtype=rois.dtype)
-        # ys: (K', ph, grid_h); xs: (K', pw, grid_w)
-        ys = y0[sel, None, None] + (pyi[None, :, None] + iy[None, None, :]) * bin_h[sel, None, None]
-        xs = x0[sel, None, None] + (pxi[None, :, None] + ix[None, None, :]) * bin_w[sel, None, None]
-        yy = ys[:, :, :, None, None].expand(-1, ph, grid_h, pw, grid_w)
-        xx = xs[:, None, None, :, :].expand(-1, ph, grid_h, pw, grid_w)
-        for img in range(b):
-            in_img = batch_idx[sel] == img
-            if b > 1:
-                idx = torch.where(in_img)[0]
-                if idx.numel() == 0:
-                    continue
-            else:
-                idx = slice(None)
-            vals = _bilinear_sample(features[img], yy[idx], xx[idx])  # (C, K'', ph, gh, pw, gw)
-            pooled = vals.sum(dim=(3, 5)) / float(max(grid_h * grid_w, 1))
-            target = sel[idx] if b > 1 else sel
-            out[target] = pooled.permute(1, 0, 2, 3).to(out.dtype)
+        out[sel] = _roi_samples(features, batch_idx[sel], y0[sel], x0[sel], bin_h[sel], bin_w[sel], ph, pw,
+                                grid_h, grid_w)
     return out
 
 
@@ -270,6 +274,43 @@ def kth_largest_threshold(scores: torch.Tensor, k: int) -> torch.Tensor:
     (n - k + 1)-th smallest), so every score >= it is kept: ties at the k-th value all stay."""
     n = scores.shape[0]
     return torch.kthvalue(scores.cpu(), n - k + 1).values
+
+
+def conv_at(conv: nn.Conv2d, maps: Sequence[torch.Tensor], levels: torch.Tensor, cells: torch.Tensor,
+            image: Union[int, torch.Tensor] = 0) -> torch.Tensor:
+    """`conv(maps[level])[image, :, y, x]` for each row (level, cell = y * W + x), computing the conv
+    at those cells only: (K, out_channels). `conv` must be stride 1 with "same" zero padding
+    (odd square kernel, padding k // 2), no dilation or groups. `image` is one batch index or one
+    per row. Shapes are fixed by K (no host sync): every level is gathered for every row and the
+    rows of other levels are masked out, which costs K * k * k * C per level."""
+    k = conv.kernel_size[0]
+    if (conv.kernel_size != (k, k) or k % 2 == 0 or conv.padding != (k // 2, k // 2) or conv.stride != (1, 1)
+            or conv.dilation != (1, 1) or conv.groups != 1):
+        raise ValueError(f"conv_at needs a stride-1 'same' conv with an odd square kernel, got {conv}")
+    rows = levels.shape[0]
+    out_ch, in_ch = conv.out_channels, conv.in_channels
+    offs = torch.arange(k, device=cells.device) - k // 2
+    img = torch.as_tensor(image, device=cells.device).expand(rows)
+    cols = None
+    for level, fmap in enumerate(maps):
+        n, c, h, w = fmap.shape
+        ys = (cells // w)[:, None, None] + offs[None, :, None]    # (K, k, 1)
+        xs = (cells % w)[:, None, None] + offs[None, None, :]     # (K, 1, k)
+        use = (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w) & (levels == level)[:, None, None]  # (K, k, k)
+        idx = (ys.clamp(0, h - 1) * w + xs.clamp(0, w - 1)).reshape(-1)
+        im = img[:, None].expand(rows, k * k).reshape(-1)
+        if fmap.is_contiguous():
+            g = fmap.flatten(2)[im, :, idx]                        # (K*k*k, C)
+        else:  # channels_last: the (N*H*W, C) view needs no copy
+            g = fmap.permute(0, 2, 3, 1).reshape(n * h * w, c)[im * (h * w) + idx]
+        g = torch.where(use.reshape(-1, 1), g, torch.zeros((), dtype=g.dtype, device=g.device))
+        cols = g if cols is None else cols + g
+    if cols is None:
+        raise ValueError("conv_at needs at least one feature map")
+    # (K*k*k, C) -> (K, C*k*k) in the weight's (c, ky, kx) order
+    cols = cols.reshape(rows, k * k, in_ch).transpose(1, 2).reshape(rows, in_ch * k * k)
+    out = cols @ conv.weight.reshape(out_ch, -1).t().to(cols.dtype)
+    return out + conv.bias.to(out.dtype) if conv.bias is not None else out
 
 
 def ceil_to_multiple(x: int, m: int) -> int:

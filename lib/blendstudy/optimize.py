@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, replace
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -42,6 +42,8 @@ SWITCHES: Dict[str, Switch] = {s.name: s for s in [
     Switch("half", "extra", "network in half precision: fp16 on npu/cuda, bf16 on cpu (decode, ROIAlign and "
                             "paste stay fp32)"),
     Switch("channels_last", "extra", "NHWC memory format for the convolutions"),
+    Switch("lazy_attention", "extra", "BlendMask's top layer (the attention conv) evaluated only at the detections "
+                                      "left after NMS instead of at every FPN location"),
     Switch("raw_masks", "extra", "return the 56x56 mask probabilities with their boxes; paste full-image masks "
                                  "only on demand (001's raw-mask head)"),
     Switch("compile_model", "extra", "torch.compile of backbone, head and basis module together"),
@@ -93,26 +95,49 @@ def half_dtype(device: torch.device) -> str:
     return "bfloat16" if device.type == "cpu" else "float16"
 
 
+def _bn_scale_shift(norm: nn.Module) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+    if isinstance(norm, FrozenBatchNorm2d):
+        return norm.scale_and_shift()
+    if isinstance(norm, nn.BatchNorm2d) and not norm.training and norm.track_running_stats:
+        weight = norm.weight if norm.affine else torch.ones_like(norm.running_var)
+        bias = norm.bias if norm.affine else torch.zeros_like(norm.running_mean)
+        scale = weight * (norm.running_var + norm.eps).rsqrt()
+        return scale, bias - norm.running_mean * scale
+    return None
+
+
+def _fold_into(conv: nn.Conv2d, scale: torch.Tensor, shift: torch.Tensor) -> None:
+    with torch.no_grad():
+        w = conv.weight * scale.reshape(-1, 1, 1, 1)
+        b = shift if conv.bias is None else conv.bias * scale + shift
+        conv.weight = nn.Parameter(w.detach())
+        conv.bias = nn.Parameter(b.detach())
+
+
 def fold_frozen_bn(model: nn.Module) -> int:
-    """Fold every FrozenBN / eval BatchNorm that follows a ConvNorm into the conv. Returns the
-    number of folded layers. w' = w * s, b' = b * s + (beta - mean * s), s = gamma / sqrt(var + eps)."""
+    """Fold every FrozenBN / eval BatchNorm that directly follows a conv into that conv: the
+    backbone's ConvNorm layers and the (conv, BN) pairs of nn.Sequential blocks (the basis module).
+    Returns the number of folded layers. w' = w * s, b' = b * s + (beta - mean * s),
+    s = gamma / sqrt(var + eps). Folded BN layers become nn.Identity, so the copy's state dict
+    no longer matches a checkpoint (build_pipeline folds a copy)."""
     count = 0
-    for m in model.modules():
+    for m in list(model.modules()):
         if isinstance(m, ConvNorm) and m.norm is not None:
-            if isinstance(m.norm, FrozenBatchNorm2d):
-                scale, shift = m.norm.scale_and_shift()
-            elif isinstance(m.norm, nn.BatchNorm2d):
-                scale = m.norm.weight * (m.norm.running_var + m.norm.eps).rsqrt()
-                shift = m.norm.bias - m.norm.running_mean * scale
-            else:
+            ss = _bn_scale_shift(m.norm)
+            if ss is None:
                 continue
-            with torch.no_grad():
-                w = m.weight * scale.reshape(-1, 1, 1, 1)
-                b = shift if m.bias is None else m.bias * scale + shift
-                m.weight = nn.Parameter(w.detach())
-                m.bias = nn.Parameter(b.detach())
+            _fold_into(m, *ss)
             m.norm = None
             count += 1
+        elif isinstance(m, nn.Sequential):
+            for i in range(1, len(m)):
+                prev, cur = m[i - 1], m[i]
+                if type(prev) is nn.Conv2d and prev.groups == 1:
+                    ss = _bn_scale_shift(cur)
+                    if ss is not None:
+                        _fold_into(prev, *ss)
+                        m[i] = nn.Identity()
+                        count += 1
     return count
 
 
@@ -159,6 +184,8 @@ def build_pipeline(base: Pipeline, recipe: Union[str, Sequence[str]], device: Op
         model = model.to(memory_format=torch.channels_last)
     if "raw_masks" in names:
         opts.raw_masks = True
+    if "lazy_attention" in names:
+        model.lazy_attention = True
     if "pad64" in names:
         opts.pad_multiple = PAD_MULTIPLE
         info["recompile_limit_knob"] = devmod.set_recompile_limit(RECOMPILE_LIMIT)

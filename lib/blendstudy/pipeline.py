@@ -7,7 +7,7 @@ optimization switches (blendstudy.optimize) change behaviour only through `Pipel
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -169,23 +169,23 @@ class Pipeline:
     def head_in_float(self, head: HeadOutputs) -> HeadOutputs:
         if self.dtype == torch.float32:
             return head
-        return HeadOutputs([t.float() for t in head.logits], [t.float() for t in head.box_reg],
-                           [t.float() for t in head.ctrness], head.top_feats)
+        return replace(head, logits=[t.float() for t in head.logits], box_reg=[t.float() for t in head.box_reg],
+                       ctrness=[t.float() for t in head.ctrness])
 
     def decode(self, head: HeadOutputs, input_size: Tuple[int, int]) -> Proposals:
         head = self.head_in_float(head)
         if self.options.decode == "sync_free":
             from blendstudy.decode_sync_free import decode_sync_free
 
-            return decode_sync_free(head, [input_size], self.model.proposal_generator.settings)[0]
+            props = decode_sync_free(head, [input_size], self.model.proposal_generator.settings)[0]
+            return self.model.attend(head, props)
         return self.model.decode(head, [input_size])[0]
 
     def blend(self, bases: torch.Tensor, proposals: Proposals) -> torch.Tensor:
         """Mask probabilities (K, R, R) in float32: ROIAlign coordinates lose pixels in 16-bit."""
         props = proposals
         if props.top_feats.dtype != torch.float32:
-            props = Proposals(props.boxes, props.scores, props.classes, props.top_feats.float(),
-                              props.levels, props.image_size, props.valid)
+            props = replace(props, top_feats=props.top_feats.float())
         return self.model.blend(bases.float(), [props])[0]
 
     # ---- post-processing ------------------------------------------------------------------
@@ -205,8 +205,7 @@ class Pipeline:
             nonempty = nonempty & proposals.valid
         if fixed_shape:
             # keep shapes fixed until extraction; invalid rows are dropped there
-            return Proposals(proposals.boxes, proposals.scores, proposals.classes, proposals.top_feats,
-                             proposals.levels, proposals.image_size, nonempty), masks, boxes
+            return replace(proposals, valid=nonempty), masks, boxes
         keep = torch.nonzero(nonempty).squeeze(1)
         return proposals.select(keep), masks[keep], boxes[keep]
 
@@ -255,7 +254,7 @@ class Pipeline:
             proposals = self.model.decode(self.head_in_float(head), [input_size])[0]
         else:
             proposals = self.decode(head, input_size)
-        converged = getattr(proposals, "converged", None)
+        converged = proposals.converged
         masks = self.blend(bases, proposals)
         proposals, masks, boxes = self.rescale(proposals, masks, input_size, output_size,
                                                fixed_shape=proposals.valid is not None)

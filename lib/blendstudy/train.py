@@ -347,19 +347,6 @@ def centerness_targets(reg: torch.Tensor) -> torch.Tensor:
     return torch.sqrt(c.clamp(min=0))
 
 
-def _gather_top_feats(top_layer: torch.nn.Conv2d, feats: torch.Tensor, img: torch.Tensor,
-                      ys: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
-    """top_layer(feats) (a 3x3, stride 1, pad 1 conv) at the cells (img, ys, xs) only: (P, A)."""
-    padded = F.pad(feats, (1, 1, 1, 1))
-    patches = []
-    for dy in range(3):
-        for dx in range(3):
-            patches.append(padded[img, :, ys + dy, xs + dx])  # (P, C)
-    cols = torch.stack(patches, dim=2).reshape(len(ys), -1)  # (P, C*9), order (c, ky, kx)
-    weight = top_layer.weight.reshape(top_layer.out_channels, -1)
-    return cols @ weight.t() + top_layer.bias
-
-
 @dataclass
 class LossSettings:
     num_classes: int
@@ -453,14 +440,7 @@ def compute_losses(model: BlendMask, images: torch.Tensor, samples: Sequence[Sam
         within = pos % n_loc
         lev = level_of[within]
         cell = cell_of[within]
-        attn_len = model.top_layer.out_channels
-        attns = torch.zeros((pos.numel(), attn_len), dtype=bases.dtype, device=bases.device)
-        for level, (_h, w) in enumerate(shapes):
-            sel = torch.nonzero(lev == level).squeeze(1)
-            if sel.numel() == 0:
-                continue
-            c = cell[sel]
-            attns[sel] = _gather_top_feats(model.top_layer, box_feats[level], img_of[sel], c // w, c % w)
+        attns = ops.conv_at(model.top_layer, box_feats, lev, cell, img_of)
         gt_boxes = torch.cat([smp.boxes for smp in samples])
         gt_img = torch.cat([torch.full((len(smp.boxes),), i, dtype=torch.float32)
                             for i, smp in enumerate(samples)])

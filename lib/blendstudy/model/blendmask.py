@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
 from torch import nn
 
+from blendstudy import ops
 from blendstudy.model.basis import ProtoNet
 from blendstudy.model.blender import Blender
 from blendstudy.model.fcos import FCOS, DecodeSettings, FCOSHead, HeadOutputs, Proposals
@@ -17,7 +19,14 @@ from blendstudy.model.resnet import ResNet
 class BlendMask(nn.Module):
     """Inference-only BlendMask. Parameter names equal AdelaiDet's, so official checkpoints load
     unchanged. The stages are separate methods so they can be timed, swapped and compiled:
-    backbone -> head -> decode -> bases -> blend (post-processing lives in the pipeline)."""
+    backbone -> head -> decode -> bases -> blend (post-processing lives in the pipeline).
+
+    lazy_attention: the top layer (BlendMask's attention, a 3x3 conv to bases*A*A channels) runs
+    only at the detections left after NMS instead of at every FPN location (`attend`); the same
+    numbers up to float rounding, a fraction of the head's work. Off by default (AdelaiDet's order).
+    """
+
+    lazy_attention: bool = False
 
     def __init__(self, backbone: FPN, proposal_generator: FCOS, basis_module: ProtoNet,
                  top_layer: nn.Conv2d, blender: Blender, pixel_mean: Sequence[float],
@@ -47,10 +56,23 @@ class BlendMask(nn.Module):
         return self.backbone(images)
 
     def predict_head(self, features: Dict[str, torch.Tensor]) -> HeadOutputs:
+        if self.lazy_attention:
+            return self.proposal_generator(features, None, keep_box_towers=True)
         return self.proposal_generator(features, self.top_layer)
 
     def decode(self, head: HeadOutputs, image_sizes: Sequence[Tuple[int, int]]) -> List[Proposals]:
-        return self.proposal_generator.decode(head, image_sizes)
+        proposals = self.proposal_generator.decode(head, image_sizes)
+        return [self.attend(head, p, i) for i, p in enumerate(proposals)]
+
+    def attend(self, head: HeadOutputs, proposals: Proposals, image: int = 0) -> Proposals:
+        """Fill in the attention of `image`'s proposals from the kept bbox towers when the head
+        skipped the top layer (lazy_attention); unchanged otherwise."""
+        if not head.box_towers or head.top_feats:
+            return proposals
+        if proposals.cells is None:
+            raise ValueError("lazy attention needs the proposals' cells (set by both decoders)")
+        feats = ops.conv_at(self.top_layer, head.box_towers, proposals.levels, proposals.cells, image)
+        return replace(proposals, top_feats=feats)
 
     def compute_bases(self, features: Dict[str, torch.Tensor]) -> torch.Tensor:
         return self.basis_module(features)

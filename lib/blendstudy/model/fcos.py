@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -57,6 +57,9 @@ class HeadOutputs:
     box_reg: List[torch.Tensor]      # ltrb distances in units of the level's stride, after relu
     ctrness: List[torch.Tensor]
     top_feats: List[torch.Tensor]    # attention maps from the top layer (N, bases*A*A, H, W)
+    # the bbox towers' outputs (N, C, H, W), kept when the attention is computed later at the
+    # detections only (BlendMask.lazy_attention); empty otherwise
+    box_towers: List[torch.Tensor] = field(default_factory=list)
 
 
 class FCOSHead(nn.Module):
@@ -79,7 +82,8 @@ class FCOSHead(nn.Module):
                 nn.init.constant_(m.bias, 0)
         nn.init.constant_(self.cls_logits.bias, -math.log((1 - prior_prob) / prior_prob))
 
-    def forward(self, features: Sequence[torch.Tensor], top_layer: Optional[nn.Module]) -> HeadOutputs:
+    def forward(self, features: Sequence[torch.Tensor], top_layer: Optional[nn.Module],
+                keep_box_towers: bool = False) -> HeadOutputs:
         out = HeadOutputs([], [], [], [])
         for level, feature in enumerate(features):
             feature = self.share_tower(feature, level)
@@ -93,6 +97,8 @@ class FCOSHead(nn.Module):
             out.box_reg.append(F.relu(reg))
             if top_layer is not None:
                 out.top_feats.append(top_layer(box_t))
+            if keep_box_towers:
+                out.box_towers.append(box_t)
         return out
 
 
@@ -115,6 +121,8 @@ class Proposals:
     levels: torch.Tensor       # (K,) int64 FPN level index
     image_size: Tuple[int, int]  # resized (unpadded) input size (h, w)
     valid: Optional[torch.Tensor] = None  # (K,) bool; set by the fixed-shape decode only
+    cells: Optional[torch.Tensor] = None  # (K,) int64 location index within its level (y * W + x)
+    converged: Optional[torch.Tensor] = None  # 0-dim bool; the fixed-shape decode's exactness flag
 
     def __len__(self) -> int:
         return int(self.boxes.shape[0])
@@ -122,7 +130,8 @@ class Proposals:
     def select(self, idx: torch.Tensor) -> Proposals:
         return Proposals(self.boxes[idx], self.scores[idx], self.classes[idx], self.top_feats[idx],
                          self.levels[idx], self.image_size,
-                         None if self.valid is None else self.valid[idx])
+                         None if self.valid is None else self.valid[idx],
+                         None if self.cells is None else self.cells[idx], self.converged)
 
 
 @dataclass
@@ -175,20 +184,24 @@ def decode(head: HeadOutputs, image_sizes: Sequence[Tuple[int, int]], s: DecodeS
                                  loc[:, 0] + reg[:, 2], loc[:, 1] + reg[:, 3]], dim=1)
             feats = tf[i][loc_idx] if tf is not None else boxes.new_zeros((boxes.shape[0], 0))
             per_image[i].append(Proposals(boxes, torch.sqrt(scores), classes, feats,
-                                          torch.full_like(classes, level), tuple(image_sizes[i])))
+                                          torch.full_like(classes, level), tuple(image_sizes[i]),
+                                          cells=loc_idx))
     return [_select_over_levels(levels, s) for levels in per_image]
 
 
 def _cat(props: List[Proposals]) -> Proposals:
     return Proposals(torch.cat([p.boxes for p in props]), torch.cat([p.scores for p in props]),
                      torch.cat([p.classes for p in props]), torch.cat([p.top_feats for p in props]),
-                     torch.cat([p.levels for p in props]), props[0].image_size)
+                     torch.cat([p.levels for p in props]), props[0].image_size,
+                     cells=torch.cat([p.cells for p in props]))
 
 
 def _select_over_levels(levels: List[Proposals], s: DecodeSettings) -> Proposals:
     props = _cat(levels)
     if s.nms_thresh > 0:
-        props = props.select(ops.batched_nms(props.boxes, props.scores, props.classes, s.nms_thresh))
+        # only the post-NMS top-k (with ties) survive below, so the NMS may stop once it is settled
+        props = props.select(ops.batched_nms(props.boxes, props.scores, props.classes, s.nms_thresh,
+                                             max_keep=max(s.post_nms_topk, 0)))
     n = len(props)
     if n > s.post_nms_topk > 0:
         thresh = ops.kth_largest_threshold(props.scores, s.post_nms_topk)
@@ -206,8 +219,8 @@ class FCOS(nn.Module):
         self.in_features = list(in_features)
         self.settings = settings
 
-    def forward(self, features, top_layer: Optional[nn.Module]) -> HeadOutputs:
-        return self.fcos_head([features[f] for f in self.in_features], top_layer)
+    def forward(self, features, top_layer: Optional[nn.Module], keep_box_towers: bool = False) -> HeadOutputs:
+        return self.fcos_head([features[f] for f in self.in_features], top_layer, keep_box_towers)
 
     def decode(self, head: HeadOutputs, image_sizes: Sequence[Tuple[int, int]]) -> List[Proposals]:
         return decode(head, image_sizes, self.settings)
