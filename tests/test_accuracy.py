@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from blendstudy.accuracy import (
+    AccuracyReport,
     box_iou_matrix,
     coco_from_dict,
     compare_runs,
@@ -120,16 +121,20 @@ def _ann(ann_id, image_id, cat, x, y, w, h):
             "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]]}
 
 
-@pytest.fixture(scope="module")
-def gt():
+def _gt_dict():
     # 40x40 boxes: COCO "medium" area (32^2 .. 96^2)
-    return coco_from_dict({
+    return {
         "images": [{"id": 1, "width": 100, "height": 100, "file_name": "1.png"},
                    {"id": 2, "width": 100, "height": 100, "file_name": "2.png"}],
         "categories": CATS,
         "annotations": [_ann(1, 1, 1, 10, 10, 40, 40), _ann(2, 1, 3, 55, 55, 40, 40),
                         _ann(3, 2, 1, 20, 30, 40, 40)],
-    })
+    }
+
+
+@pytest.fixture(scope="module")
+def gt():
+    return coco_from_dict(_gt_dict())
 
 
 def _gt_detections(gt, image_id, shift=0) -> Detections:
@@ -195,6 +200,60 @@ def test_coco_eval_restricted_to_predicted_images(gt):
     assert both.AP == pytest.approx(100 * (51 / 101 + 1) / 2)
     empty = evaluate_coco(gt, [], iou_types=("bbox",), image_ids=[1])["bbox"]
     assert empty.AP == 0.0 and empty.num_detections == 0
+
+
+# ---- the AP part of the accuracy gate (compare_runs with ground truth)
+@pytest.fixture
+def gt_dataset(gt, tmp_path):
+    from blendstudy.data.coco import CocoDataset
+
+    (tmp_path / "images").mkdir()
+    ann = tmp_path / "bench.json"
+    ann.write_text(json.dumps(_gt_dict()))
+    return CocoDataset(ann, tmp_path / "images")
+
+
+def test_gate_with_ground_truth_identical_runs(gt, gt_dataset):
+    run = {f"{i}.png": _gt_detections(gt, i) for i in (1, 2)}
+    rep = compare_runs(run, dict(run), ground_truth=gt_dataset)
+    assert rep.ap is not None and rep.ap.images == 2
+    assert rep.ap.ref == rep.ap.test == {"bbox": pytest.approx(100.0), "segm": pytest.approx(100.0)}
+    assert rep.ap.change == {"bbox": 0.0, "segm": 0.0}
+    assert rep.passes_gate()
+
+
+def test_gate_fails_on_an_ap_change_the_instance_check_lets_through(gt, gt_dataset):
+    ref = {f"{i}.png": _gt_detections(gt, i) for i in (1, 2)}
+    # a 4 px shift: box IoU 0.818 per instance, AP 100 -> 70 (see test_coco_ap_shifted_predictions)
+    test = {f"{i}.png": _gt_detections(gt, i, shift=4) for i in (1, 2)}
+    rep = compare_runs(ref, test, ground_truth=gt_dataset)
+    assert rep.ap.change["bbox"] == pytest.approx(-30.0) and rep.ap.change["segm"] == pytest.approx(-30.0)
+    assert rep.passes_gate(min_mean_iou=0.8, max_ap_change=None)  # the instances alone pass at 0.8
+    assert not rep.passes_gate(min_mean_iou=0.8)  # the default AP bound is the 0.3 points
+    assert not rep.passes_gate(min_mean_iou=0.8, max_ap_change=0.3)
+    assert rep.passes_gate(min_mean_iou=0.8, max_ap_change=30.5)
+    # without ground truth there is no AP and no AP check
+    assert compare_runs(ref, test).ap is None
+
+
+def test_gate_ap_without_masks_is_bbox_only_and_unknown_images_are_named(gt, gt_dataset):
+    plain = {f"{i}.png": make_det(_gt_detections(gt, i).boxes.tolist(), [0.9] * len(_gt_detections(gt, i)),
+                                  _gt_detections(gt, i).classes.tolist(), size=(100, 100)) for i in (1, 2)}
+    rep = compare_runs(plain, plain, ground_truth=gt_dataset)
+    assert set(rep.ap.ref) == {"bbox"}
+    with pytest.raises(ValueError, match="bench.json.*9.png"):
+        compare_runs({"9.png": plain["1.png"]}, {"9.png": plain["1.png"]}, ground_truth=gt_dataset)
+
+
+def test_accuracy_report_round_trips_through_json(gt, gt_dataset):
+    ref = {f"{i}.png": _gt_detections(gt, i) for i in (1, 2)}
+    test = {f"{i}.png": _gt_detections(gt, i, shift=4) for i in (1, 2)}
+    rep = compare_runs(ref, test, ground_truth=gt_dataset)
+    back = AccuracyReport.from_dict(json.loads(json.dumps(rep.to_dict())))
+    assert back.ap.change == pytest.approx(rep.ap.change)
+    assert back.mean_box_iou == pytest.approx(rep.mean_box_iou)
+    assert [r.image for r in back.per_image] == ["1.png", "2.png"]
+    assert back.passes_gate(0.8) == rep.passes_gate(0.8) is False
 
 
 def test_coco_eval_caps_detections_per_image(gt):

@@ -13,9 +13,12 @@ from blendstudy.study import (
     REPO_ROOT,
     ParamsError,
     StudyParams,
+    accuracy_gates,
     apply_environment,
     benchmark_images,
     check_paths,
+    gate_ground_truth,
+    load_study_pipeline,
     open_dataset,
     run_dir,
 )
@@ -171,6 +174,43 @@ def test_synthetic_sections(tmp_path):
     assert len(benchmark_images(params, limit=1)) == 1
     val = open_dataset(params, "val")
     assert len(val) == 3
+
+
+def test_gate_ground_truth_only_for_a_trained_model_on_annotated_images(tmp_path):
+    trained = StudyParams.load(_write(tmp_path, SYNTH.format(weights="tiny_synthetic", missing="error",
+                                                             root=tmp_path)))
+    loaded = load_study_pipeline(trained, device="cpu")
+    truth, note = gate_ground_truth(trained, loaded)
+    assert truth is not None and len(truth) == 2 and "max change 0.3" in note
+    random = StudyParams.load(_write(tmp_path, SYNTH.format(weights="null", missing="error", root=tmp_path)))
+    assert gate_ground_truth(random, load_study_pipeline(random, device="cpu")) == (None, pytest.approx(
+        "random weights: no AP check (the instance gate still runs)"))
+    folder = StudyParams.load(_write(tmp_path, SYNTH.format(weights="tiny_synthetic", missing="error", root=tmp_path)
+                                     + f"  benchmark: {{source: folder, images: {tmp_path}}}\n"))
+    truth, note = gate_ground_truth(folder, loaded)
+    assert truth is None and "folder" in note
+    loaded.pipeline.model.proposal_generator.fcos_head.num_classes = 80  # a COCO model on the shapes
+    truth, note = gate_ground_truth(trained, loaded)
+    assert truth is None and "80 classes" in note
+
+
+def test_accuracy_gates_report_ap_and_verdicts(tmp_path):
+    params = StudyParams.load(_write(tmp_path, SYNTH.format(weights="tiny_synthetic", missing="error",
+                                                            root=tmp_path)))
+    loaded = load_study_pipeline(params, device="cpu")
+    from blendstudy.data.images import read_image
+    from blendstudy.structures import Detections
+
+    images = {p.name: read_image(p) for p in benchmark_images(params)}
+    run = {n: loaded.pipeline(im) for n, im in images.items()}
+    empty = {n: Detections(d.boxes[:0], d.scores[:0], d.classes[:0], d.image_size, masks=d.masks[:0])
+             for n, d in run.items()}  # every detection dropped
+    reports, gates, note = accuracy_gates(params, loaded, {"a": run, "b": dict(run), "none": empty},
+                                          [("a", "b"), ("a", "none")])
+    assert list(reports) == ["b vs a", "none vs a"] and "AP on" in note
+    assert reports["b vs a"].ap.change == {"bbox": 0.0, "segm": 0.0}
+    assert gates["b vs a"] is True
+    assert gates["none vs a"] is False
 
 
 def test_run_dir(tmp_path):

@@ -4,7 +4,9 @@ Two questions, two tools:
 
 * Did an optimization change the outputs? :func:`compare_runs` matches the instances of a test run
   (e.g. NPU, fp16, compiled) to a reference run (e.g. CPU fp32) image by image and reports box IoU,
-  score and class agreement, mask IoU and lost instances -- the seed's "CPU vs NPU" table.
+  score and class agreement, mask IoU and lost instances -- the seed's "CPU vs NPU" table. Given
+  the images' ground truth it also scores both runs with COCO AP (:class:`ApComparison`), so the
+  gate can bound the AP change as well.
 * How good is the model under a stated protocol? :func:`run_coco_evaluation` predicts a COCO
   split resumably, writes the predictions, and :func:`evaluate_coco` scores them with pycocotools,
   recording the protocol (images evaluated, detections per image, score threshold, max_dets) next
@@ -132,6 +134,28 @@ class ImageAccuracy:
 
 
 @dataclass
+class ApComparison:
+    """COCO AP (percent) of the reference and the test run on the same images with ground truth
+    (:func:`compare_ap`). ``change`` = test - ref per iou type."""
+
+    images: int
+    ref: Dict[str, float]
+    test: Dict[str, float]
+    max_dets: int = 100
+
+    @property
+    def change(self) -> Dict[str, float]:
+        return {k: self.test[k] - self.ref[k] for k in self.ref if k in self.test}
+
+    def passes(self, max_change: float = 0.3) -> bool:
+        """|AP change| <= max_change for every iou type (NaN, e.g. no ground truth, passes)."""
+        return all(not abs(v) > max_change for v in self.change.values())
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {**_jsonable(self), "change": self.change}
+
+
+@dataclass
 class AccuracyReport:
     """Test run against reference run.
 
@@ -143,6 +167,7 @@ class AccuracyReport:
     unmatched_ref:   reference instances without a partner (lost); unmatched_test: extra ones.
     lost_above:      unmatched reference instances with score > ``gate_score``.
     only_in_ref / only_in_test: image names present on one side only (not compared).
+    ap:              COCO AP of both runs when the images' ground truth was given (else None).
     """
 
     images: int
@@ -163,6 +188,7 @@ class AccuracyReport:
     only_in_ref: List[str] = field(default_factory=list)
     only_in_test: List[str] = field(default_factory=list)
     per_image: List[ImageAccuracy] = field(default_factory=list)
+    ap: Optional[ApComparison] = None
 
     def per_image_frame(self):
         """per_image as a pandas DataFrame (one row per image)."""
@@ -171,13 +197,16 @@ class AccuracyReport:
         return pd.DataFrame([_jsonable(r) for r in self.per_image])
 
     def passes_gate(self, min_mean_iou: float = 0.99, max_lost: int = 0,
-                    allow_missing_images: bool = False) -> bool:
+                    allow_missing_images: bool = False, max_ap_change: Optional[float] = 0.3) -> bool:
         """True when mean box IoU >= ``min_mean_iou``, at most ``max_lost`` reference instances
-        above ``gate_score`` were lost, and (unless allowed) no image is missing on either side.
-        With nothing matched it passes only if neither side has any instance."""
+        above ``gate_score`` were lost, (unless allowed) no image is missing on either side, and,
+        where AP was measured (``ap``), no AP moved by more than ``max_ap_change`` points (None:
+        not checked). With nothing matched it passes only if neither side has any instance."""
         if not allow_missing_images and (self.only_in_ref or self.only_in_test):
             return False
         if self.lost_above > max_lost:
+            return False
+        if self.ap is not None and max_ap_change is not None and not self.ap.passes(max_ap_change):
             return False
         if self.mean_box_iou is None:
             return self.ref_instances == 0 and self.test_instances == 0
@@ -185,6 +214,21 @@ class AccuracyReport:
 
     def to_dict(self) -> Dict[str, Any]:
         return _jsonable(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AccuracyReport:
+        """Inverse of to_dict (a results JSON's "accuracy" entry)."""
+        d = dict(data)
+        d["per_image"] = [ImageAccuracy(**r) for r in d.get("per_image", [])]
+        ap = d.get("ap")
+        if ap is not None:
+            ap = dict(ap)
+            ap.pop("change", None)
+            # NaN APs (no ground truth of a kind) were written as null
+            d["ap"] = ApComparison(ap["images"], {k: float("nan") if v is None else v for k, v in ap["ref"].items()},
+                                   {k: float("nan") if v is None else v for k, v in ap["test"].items()},
+                                   ap.get("max_dets", 100))
+        return cls(**d)
 
 
 def _mean(x: Sequence[float]) -> Optional[float]:
@@ -196,12 +240,16 @@ def compare_runs(
     test: Mapping[str, Detections],
     iou_thresh: float = 0.5,
     gate_score: float = 0.3,
+    ground_truth: Optional[Any] = None,
+    max_dets: int = 100,
 ) -> AccuracyReport:
     """Compare two runs over the same images (dicts image name -> Detections).
 
     Instances are paired by :func:`match_instances`; aggregates are over all matched instances of
     all images (not means of per-image means). Images present on one side only are listed in
-    ``only_in_ref`` / ``only_in_test`` and not compared.
+    ``only_in_ref`` / ``only_in_test`` and not compared. ``ground_truth``: the images' dataset
+    (a blendstudy CocoDataset, image names = file names); when given, both runs are also scored
+    with COCO AP on the compared images (``ap``, :func:`compare_ap`).
     """
     names = [k for k in ref if k in test]
     only_ref = [str(k) for k in ref if k not in test]
@@ -272,7 +320,34 @@ def compare_runs(
         only_in_ref=only_ref,
         only_in_test=only_test,
         per_image=rows,
+        ap=compare_ap(ref, test, ground_truth, max_dets=max_dets) if ground_truth is not None else None,
     )
+
+
+def compare_ap(ref: Mapping[str, Detections], test: Mapping[str, Detections], dataset: Any,
+               max_dets: int = 100) -> ApComparison:
+    """bbox (and segm, when both runs carry masks) COCO AP of two runs on the images both contain.
+    ``dataset``: a blendstudy CocoDataset whose images' file names (or their base names) are the
+    runs' keys. Raises ValueError naming an image the dataset does not have."""
+    by_name: Dict[str, int] = {}
+    for image_id in dataset.image_ids:
+        file_name = str(dataset.image_info(image_id)["file_name"])
+        by_name[file_name] = image_id
+        by_name.setdefault(Path(file_name).name, image_id)
+    names = [k for k in ref if k in test]
+    unknown = [str(k) for k in names if str(k) not in by_name]
+    if unknown:
+        raise ValueError(f"{dataset.ann_file}: no ground truth for image(s) {unknown[:5]}")
+    ids = [by_name[str(k)] for k in names]
+    with_masks = all(_has_masks(run[k]) or len(run[k]) == 0 for run in (ref, test) for k in names)
+    iou_types = ("bbox", "segm") if with_masks else ("bbox",)
+    mapping = dataset.contiguous_to_category_id
+    scores = []
+    for run in (ref, test):
+        preds = [rec for k, i in zip(names, ids) for rec in detections_to_coco(run[k], i, mapping)]
+        metrics = evaluate_coco(dataset.coco, preds, iou_types, max_dets=max_dets, image_ids=ids)
+        scores.append({t: float(m.AP) for t, m in metrics.items()})
+    return ApComparison(len(ids), scores[0], scores[1], max_dets)
 
 
 # ----------------------------------------------------------------------------- COCO evaluation

@@ -193,7 +193,8 @@ def stage_chain_table(rows: Sequence[Tuple[str, str, LatencyLike]]) -> pd.DataFr
 
 def accuracy_table(reports: Mapping[str, AccuracyReport]) -> pd.DataFrame:
     """One row per comparison (e.g. "npu vs cpu"): instance counts, IoU / score / class agreement,
-    losses, images missing on either side and the default gate verdict (pass / FAIL)."""
+    losses, images missing on either side, the AP change (test - ref, points) where ground truth
+    was given, and the default gate verdict (pass / FAIL)."""
     out: List[Dict[str, Any]] = []
     for name, r in reports.items():
         out.append({
@@ -212,6 +213,7 @@ def accuracy_table(reports: Mapping[str, AccuracyReport]) -> pd.DataFrame:
             "unmatched_test": r.unmatched_test,
             f"lost_above_{r.gate_score:g}": r.lost_above,
             "missing_images": len(r.only_in_ref) + len(r.only_in_test),
+            **({f"{t}_AP_change": v for t, v in r.ap.change.items()} if r.ap is not None else {}),
             "gate": "pass" if r.passes_gate() else "FAIL",
         })
     return pd.DataFrame(out)

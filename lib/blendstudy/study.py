@@ -11,7 +11,7 @@ import copy
 import os
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import yaml
 
@@ -175,6 +175,41 @@ def benchmark_images(params: StudyParams, limit: Optional[int] = None) -> List[P
         ds = open_dataset(params, "benchmark")
         paths = [ds.image_path(i) for i in ds.image_ids]
     return paths[:n] if n else paths
+
+
+def gate_ground_truth(params: StudyParams, loaded) -> Tuple[Optional[CocoDataset], str]:
+    """The benchmark images' annotations for the accuracy gate's AP check, or None with the reason:
+    AP needs a trained model (not random weights), annotated images (synthetic or coco, not a
+    folder) and the model's classes being the dataset's categories."""
+    if loaded.random_weights:
+        return None, "random weights: no AP check (the instance gate still runs)"
+    if params.data.benchmark.get("source", "synthetic") == "folder":
+        return None, "data.benchmark is an image folder without annotations: no AP check"
+    dataset = open_dataset(params, "benchmark")
+    classes = loaded.pipeline.model.proposal_generator.fcos_head.num_classes
+    if classes != len(dataset.category_ids):
+        return None, (f"the model has {classes} classes, {dataset.ann_file.name} {len(dataset.category_ids)} "
+                      "categories: no AP check")
+    limit = (params.get("accuracy") or {}).get("max_ap_change", 0.3)
+    return dataset, f"AP on {dataset.ann_file.name} (max change {limit} points)"
+
+
+def accuracy_gates(params: StudyParams, loaded, outputs: Mapping[str, Mapping[str, Any]],
+                   pairs: Sequence[Tuple[str, str]]) -> Tuple[Dict[str, Any], Dict[str, bool], str]:
+    """The accuracy gate of every (reference, test) pair of runs in `outputs` (run -> image name
+    -> Detections) with the params' settings (accuracy.*), AP included where gate_ground_truth
+    allows. Returns ({"test vs ref": AccuracyReport}, {"test vs ref": passed}, a note on the AP check)."""
+    from blendstudy.accuracy import compare_runs
+
+    a = params.get("accuracy") or {}
+    truth, note = gate_ground_truth(params, loaded)
+    max_dets = int((params.get("evaluation") or {}).get("max_dets") or 100)
+    reports = {f"{test} vs {ref}": compare_runs(outputs[ref], outputs[test], a.get("iou_thresh", 0.5),
+                                                a.get("gate_score", 0.3), ground_truth=truth, max_dets=max_dets)
+               for ref, test in pairs}
+    gates = {k: r.passes_gate(a.get("min_mean_box_iou", 0.99), a.get("max_lost", 0),
+                              max_ap_change=a.get("max_ap_change", 0.3)) for k, r in reports.items()}
+    return reports, gates, note
 
 
 def profile_images(params: StudyParams, size, count: int) -> List[Path]:
