@@ -327,6 +327,27 @@ def test_half_on_cpu_is_bfloat16_and_still_detects(base, images, reference):
           f"gate {'passes' if rep.passes_gate() else 'fails'}")
 
 
+def test_mixed_half_runs_the_feature_extractor_in_bf16_and_the_head_in_fp32(base, images, reference):
+    pipe = build_pipeline(base, ["mixed_half", "fold_bn", "channels_last"])
+    assert pipe.options.dtype == "float32"
+    assert next(pipe.model.backbone.parameters()).dtype == torch.bfloat16
+    assert next(pipe.model.basis_module.parameters()).dtype == torch.bfloat16
+    assert next(pipe.model.proposal_generator.parameters()).dtype == torch.float32
+    assert pipe.model.top_layer.weight.dtype == torch.float32
+    assert pipe.model.size_divisibility == base.model.size_divisibility  # read through the wrapper
+    batch, _ = pipe.prepare(images[IMAGES[0]])
+    with torch.no_grad():
+        feats = pipe.model.extract_features(batch)
+        assert all(f.dtype == torch.float32 for f in feats.values())
+        assert pipe.model.compute_bases(feats).dtype == torch.float32
+    got = {name: pipe(im) for name, im in images.items()}
+    rep = compare_runs(reference, got)
+    assert rep.matched > 0 and rep.mean_box_iou > 0.95
+    print(f"mixed_half (bf16 features) vs fp32: mean box IoU {rep.mean_box_iou:.4f}, lost {rep.lost_above}")
+    with pytest.raises(ValueError, match="exclude each other"):
+        build_pipeline(base, ["half", "mixed_half"])
+
+
 def test_pad64_sets_pad_multiple_and_recompile_limit(base, restore_recompile_limit):
     dcfg = restore_recompile_limit
     pipe = build_pipeline(base, ["pad64"])

@@ -579,9 +579,12 @@ display(Markdown(f"dynamo counters: `{dynamo}` · recompile limit set through `{
 ## Beyond the seed
 
 Recipes on top of P4 (`extras` of the params): seed 001's fp16 network (`half`: fp16 on
-accelerators, bf16 on a CPU) and raw masks (no full-image paste, the mask probabilities with
-their boxes), and Conv-BN folding. Each: latency, the gate against the baseline, and the stage
-profile at seed 001's two sizes, where raw masks matter most (its mask post-processing:
+accelerators, bf16 on a CPU) and its mixed form (`mixed_half`: backbone, FPN and bases in half,
+the FCOS head and all after it fp32), raw masks (no full-image paste, the mask probabilities with
+their boxes), Conv-BN folding (004), and `lazy_attention` (BlendMask's top layer computed at the
+detections left after NMS instead of at every FPN location). `best` / `best_cpu` combine them
+(`blendstudy.optimize.RECIPES`). Each: latency, the gate against the baseline (AP included), and
+the stage profile at seed 001's two sizes, where raw masks matter most (its mask post-processing:
 15.74 → 1.74 ms at 1333×800, 173.72 → 2.99 ms at 3840×2304).
 '''),
     code('''
