@@ -512,6 +512,21 @@ def test_paste_masks_box_outside_image_is_empty(box):
 
 
 # ------------------------------------------------------------------------------------------------
+# bilinear_matrix (the blend_matmul switch)
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("src, dst", [(7, 56), (14, 56), (5, 13), (1, 4), (9, 3), (6, 6), (3, 100)])
+def test_bilinear_matrix_equals_interpolate(src, dst):
+    x = torch.randn(3, 4, src, src + 2, generator=torch.Generator().manual_seed(src * dst))
+    want = F.interpolate(x, (dst, dst + 1), mode="bilinear", align_corners=False)
+    got = ops.bilinear_matrix(src, dst) @ x @ ops.bilinear_matrix(src + 2, dst + 1).t()
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    m = ops.bilinear_matrix(src, dst, torch.float64)
+    torch.testing.assert_close(m.sum(1), torch.ones(dst, dtype=torch.float64))  # a convex mix per row
+
+
+# ------------------------------------------------------------------------------------------------
 # kth_largest_threshold
 # ------------------------------------------------------------------------------------------------
 

@@ -231,6 +231,16 @@ def test_lazy_attention_head_keeps_the_towers_and_attends_only_kept_rows(base, i
     torch.testing.assert_close(props.top_feats, ref.top_feats, atol=1e-4, rtol=1e-4)
 
 
+def test_blend_matmul_keeps_the_masks(base, images, reference):
+    pipe = build_pipeline(base, ["blend_matmul"])
+    assert pipe.model.blender.upsample == "matmul" and base.model.blender.upsample == "interpolate"
+    got = {name: pipe(im) for name, im in images.items()}
+    rep = compare_runs(reference, got)
+    assert rep.ref_instances == rep.test_instances == rep.matched > 0
+    assert rep.mean_box_iou == 1.0 and rep.max_score_diff == 0.0
+    assert rep.mean_mask_iou > 0.999
+
+
 def test_sync_free_decode_is_exact(base, images, reference):
     torch.manual_seed(0)
     pipe = build_pipeline(base, ["sync_free_decode"])

@@ -63,8 +63,8 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float, max_kee
     max_keep > 0: the caller keeps only the max_keep best kept boxes and every box tied with the
     last of them (AdelaiDet's post-NMS top-k). Greedy NMS decides boxes in score order, so once
     max_keep boxes are kept, the first surviving box scored below the last of them ends the pass
-    without changing what the caller keeps. Candidates are taken in chunks of NMS_CHUNK: the IoU
-    matrix is computed only as far as the pass goes."""
+    without changing what the caller keeps. Candidates are then taken in chunks (2 * max_keep
+    first, doubling up to NMS_CHUNK): the IoU matrix is computed only as far as the pass goes."""
     if _USE_TORCHVISION:
         return torchvision_ops().nms(boxes, scores, iou_threshold)  # type: ignore[union-attr]
     if boxes.numel() == 0:
@@ -73,10 +73,12 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float, max_kee
     b = boxes[order]
     s_np = scores[order].detach().float().cpu().numpy()
     n = b.shape[0]
-    chunk = NMS_CHUNK if max_keep > 0 else n
+    chunk = min(max(2 * max_keep, 64), NMS_CHUNK) if max_keep > 0 else n
     keep: list = []
-    for start in range(0, n, chunk):
+    start = 0
+    while start < n:
         end = min(n, start + chunk)
+        chunk = min(2 * chunk, max(NMS_CHUNK, chunk))
         cb = b[start:end]
         # one device sync per chunk: IoU within the chunk and against the boxes kept so far
         over = (box_iou(cb, cb) > iou_threshold).cpu().numpy()
@@ -92,6 +94,7 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float, max_kee
                 return order[torch.as_tensor(keep, dtype=torch.int64, device=boxes.device)]
             keep.append(start + i)
             removed |= over[i]
+        start = end
     return order[torch.as_tensor(keep, dtype=torch.int64, device=boxes.device)]
 
 
@@ -311,6 +314,23 @@ def conv_at(conv: nn.Conv2d, maps: Sequence[torch.Tensor], levels: torch.Tensor,
     cols = cols.reshape(rows, k * k, in_ch).transpose(1, 2).reshape(rows, in_ch * k * k)
     out = cols @ conv.weight.reshape(out_ch, -1).t().to(cols.dtype)
     return out + conv.bias.to(out.dtype) if conv.bias is not None else out
+
+
+def bilinear_matrix(in_size: int, out_size: int, dtype: torch.dtype = torch.float32,
+                    device: Optional[torch.device] = None) -> torch.Tensor:
+    """(out_size, in_size) weights M with M @ v == F.interpolate(v, out_size, mode="linear",
+    align_corners=False) along one axis (half-pixel centres, source index clamped at 0, the last
+    sample held; no antialias). Bilinear resizing of (..., H, W) is then Mh @ x @ Mw.T."""
+    dst = torch.arange(out_size, dtype=torch.float64)
+    src = ((dst + 0.5) * (in_size / out_size) - 0.5).clamp(min=0)
+    i0 = src.floor().long().clamp(max=in_size - 1)
+    i1 = (i0 + 1).clamp(max=in_size - 1)
+    l1 = torch.where(i0 == in_size - 1, torch.zeros_like(src), src - i0.double())
+    m = torch.zeros((out_size, in_size), dtype=torch.float64)
+    rows = torch.arange(out_size)
+    m.index_put_((rows, i0), 1.0 - l1, accumulate=True)
+    m.index_put_((rows, i1), l1, accumulate=True)
+    return m.to(dtype=dtype, device=device)
 
 
 def ceil_to_multiple(x: int, m: int) -> int:

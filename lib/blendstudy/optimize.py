@@ -46,6 +46,8 @@ SWITCHES: Dict[str, Switch] = {s.name: s for s in [
     Switch("channels_last", "extra", "NHWC memory format for the convolutions"),
     Switch("lazy_attention", "extra", "BlendMask's top layer (the attention conv) evaluated only at the detections "
                                       "left after NMS instead of at every FPN location"),
+    Switch("blend_matmul", "extra", "the blender's bilinear upsampling of the attention (A x A -> 56 x 56) as two "
+                                    "small matmuls with the fixed weights instead of F.interpolate"),
     Switch("raw_masks", "extra", "return the 56x56 mask probabilities with their boxes; paste full-image masks "
                                  "only on demand (001's raw-mask head)"),
     Switch("compile_model", "extra", "torch.compile of backbone, head and basis module together"),
@@ -65,13 +67,13 @@ RECIPES: Dict[str, List[str]] = {
     "p4+raw_masks": _P + ["raw_masks"],
     "p4+lazy_attention": _P + ["lazy_attention"],
     "p4+mixed_half": _P + ["mixed_half"],
-    "best": _P + ["fold_bn", "raw_masks", "lazy_attention"],
+    "best": _P + ["fold_bn", "raw_masks", "lazy_attention", "blend_matmul"],
     # on a CPU there is no host-device sync to remove, and the fixed-shape NMS costs O(K^2): the
     # CPU's best chain leaves P1 out (the P1 notebook measures why). The fp32 network runs at the
     # CPU's measured matmul peak, so only less work (lazy attention) or bf16 (mixed_half: the whole
     # network in bf16 fails the AP gate on the tiny model, the feature extractor alone passes) help.
     "best_cpu": ["device_resize", "runtime", "compile_backbone", "pad64", "fold_bn", "raw_masks", "channels_last",
-                 "lazy_attention", "mixed_half"],
+                 "lazy_attention", "blend_matmul", "mixed_half"],
 }
 STAGE_RECIPES = ["baseline", "p0", "p1", "p2", "p3", "p4"]
 
@@ -227,6 +229,8 @@ def build_pipeline(base: Pipeline, recipe: Union[str, Sequence[str]], device: Op
         opts.raw_masks = True
     if "lazy_attention" in names:
         model.lazy_attention = True
+    if "blend_matmul" in names:
+        model.blender.upsample = "matmul"
     if "pad64" in names:
         opts.pad_multiple = PAD_MULTIPLE
         info["recompile_limit_knob"] = devmod.set_recompile_limit(RECOMPILE_LIMIT)

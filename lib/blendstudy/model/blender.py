@@ -12,7 +12,15 @@ from blendstudy.model.fcos import Proposals
 
 
 class Blender:
-    """Stateless (no parameters): pooled bases x softmax(upsampled attention), summed over bases."""
+    """Stateless (no parameters): pooled bases x softmax(upsampled attention), summed over bases.
+
+    upsample: "interpolate" = F.interpolate, as AdelaiDet; "matmul" = the bilinear A x A -> R x R
+    upsampling of the attention as two small matmuls with the fixed interpolation weights
+    (blendstudy.ops.bilinear_matrix; the blend_matmul switch): the same weights, float rounding
+    apart. Only bilinear top_interp has the matmul form.
+    """
+
+    upsample: str = "interpolate"
 
     def __init__(self, num_bases: int, attn_size: int = 14, bottom_resolution: int = 56,
                  pooler_scale: float = 0.25, sampling_ratio: int = 1, aligned: bool = True,
@@ -35,7 +43,11 @@ class Blender:
         """Mask logits (K, R, R) from pooled bases (K, B, R, R) and attentions (K, B*A*A)."""
         k, b, h, w = pooled.shape
         coeffs = attns.reshape(k, -1, self.attn_size, self.attn_size)
-        if self.top_interp == "nearest":
+        if self.upsample == "matmul" and self.top_interp == "bilinear":
+            mh = ops.bilinear_matrix(self.attn_size, h, coeffs.dtype, coeffs.device)
+            mw = mh if w == h else ops.bilinear_matrix(self.attn_size, w, coeffs.dtype, coeffs.device)
+            coeffs = torch.matmul(torch.matmul(mh, coeffs), mw.t())
+        elif self.top_interp == "nearest":
             coeffs = F.interpolate(coeffs, (h, w), mode="nearest")
         else:
             coeffs = F.interpolate(coeffs, (h, w), mode=self.top_interp, align_corners=False)
