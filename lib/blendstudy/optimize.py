@@ -70,8 +70,9 @@ RECIPES: Dict[str, List[str]] = {
     "best": _P + ["fold_bn", "raw_masks", "lazy_attention", "blend_matmul"],
     # on a CPU there is no host-device sync to remove, and the fixed-shape NMS costs O(K^2): the
     # CPU's best chain leaves P1 out (the P1 notebook measures why). The fp32 network runs at the
-    # CPU's measured matmul peak, so only less work (lazy attention) or bf16 (mixed_half: the whole
-    # network in bf16 fails the AP gate on the tiny model, the feature extractor alone passes) help.
+    # CPU's measured matmul peak, so only less work (lazy attention) or bf16 help (mixed_half: the
+    # whole network in bf16 moved bbox AP by up to -0.33 on the tiny model, at the gate's edge; the
+    # feature extractor alone by about -0.1).
     "best_cpu": ["device_resize", "runtime", "compile_backbone", "pad64", "fold_bn", "raw_masks", "channels_last",
                  "lazy_attention", "blend_matmul", "mixed_half"],
 }
