@@ -316,11 +316,14 @@ def conv_at(conv: nn.Conv2d, maps: Sequence[torch.Tensor], levels: torch.Tensor,
     return out + conv.bias.to(out.dtype) if conv.bias is not None else out
 
 
+@lru_cache(maxsize=32)
 def bilinear_matrix(in_size: int, out_size: int, dtype: torch.dtype = torch.float32,
                     device: Optional[torch.device] = None) -> torch.Tensor:
     """(out_size, in_size) weights M with M @ v == F.interpolate(v, out_size, mode="linear",
     align_corners=False) along one axis (half-pixel centres, source index clamped at 0, the last
-    sample held; no antialias). Bilinear resizing of (..., H, W) is then Mh @ x @ Mw.T."""
+    sample held; no antialias). Bilinear resizing of (..., H, W) is then Mh @ x @ Mw.T.
+    Cached per (sizes, dtype, device): the blender asks for the same two on every image; callers
+    must not modify the returned tensor."""
     dst = torch.arange(out_size, dtype=torch.float64)
     src = ((dst + 0.5) * (in_size / out_size) - 0.5).clamp(min=0)
     i0 = src.floor().long().clamp(max=in_size - 1)
