@@ -186,3 +186,32 @@ def test_basic_block_resnet_needs_64_res2_channels():
     cfg = fixture_config({"MODEL.RESNETS.DEPTH": 18, "MODEL.RESNETS.RES2_OUT_CHANNELS": 256})
     with pytest.raises((ValueError, ConfigError), match="RES2_OUT_CHANNELS"):
         build_model(cfg)
+
+
+def _random_proposals(k: int, seed: int, num_bases: int = 4, attn: int = 14):
+    from blendstudy.model.fcos import Proposals
+
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(k, 2, generator=g) * torch.tensor([150.0, 100.0]) - 10.0  # some boxes cross the border
+    boxes = torch.cat([xy, xy + torch.rand(k, 2, generator=g) * 80 + 1], dim=1)
+    return Proposals(boxes=boxes, scores=torch.rand(k, generator=g), classes=torch.zeros(k, dtype=torch.long),
+                     top_feats=torch.randn(k, num_bases * attn * attn, generator=g),
+                     levels=torch.zeros(k, dtype=torch.long), image_size=(120, 160))
+
+
+@pytest.mark.parametrize("upsample", ["interpolate", "matmul"])
+@pytest.mark.parametrize("counts", [[37], [0, 16, 5], [16], [3, 30]])
+def test_blender_in_chunks_gives_the_same_masks(upsample, counts):
+    from blendstudy.model.blender import Blender
+
+    bases = torch.randn(len(counts), 4, 30, 40, generator=torch.Generator().manual_seed(3))
+    props = [_random_proposals(k, i) for i, k in enumerate(counts)]
+    whole = Blender(4)
+    chunked = Blender(4)
+    whole.upsample = chunked.upsample = upsample
+    chunked.chunk = 16
+    want, got = whole(bases, props), chunked(bases, props)
+    assert [t.shape[0] for t in got] == counts
+    for w, g in zip(want, got):
+        assert g.shape[1:] == (56, 56)
+        torch.testing.assert_close(g, w, atol=1e-6, rtol=0)

@@ -10,16 +10,19 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from blendstudy.accuracy import compare_runs
 from blendstudy.data.images import read_image
 from blendstudy.model.layers import ConvNorm
 from blendstudy.optimize import (
+    BLEND_CHUNK,
     PAD_MULTIPLE,
     RECIPES,
     RECOMPILE_LIMIT,
     STAGE_RECIPES,
     SWITCHES,
+    HalfIO,
     build_pipeline,
     describe_recipes,
     fold_frozen_bn,
@@ -301,6 +304,22 @@ def test_device_resize_is_close_to_pil_when_shrinking(base, images):
     assert _pil_vs_device_pixels(base, images[IMAGES[0]]) < 1.0
 
 
+def test_cpu_device_resize_works_on_uint8_like_pil(base, images):
+    """On a CPU the picture is resized by the uint8 kernel: PIL's arithmetic, not float's."""
+    pipe = build_pipeline(base, ["device_resize"])
+    image = images[IMAGES[0]]
+    pil = torch.from_numpy(base.resize_cpu(image).astype(np.float32)).permute(2, 0, 1)
+    dev = pipe.resize_device(pipe.to_device(image))
+    assert dev.dtype == torch.float32 and dev.is_contiguous()
+    assert torch.equal(dev, dev.round())  # whole grey levels
+    diff = (pil - dev).abs()
+    assert diff.max().item() <= 2.0 and diff.mean().item() < 0.2
+    # the float path (what other devices run) is further from PIL
+    x = pipe.to_device(image).float()[None]
+    f = F.interpolate(x, size=tuple(dev.shape[-2:]), mode="bilinear", align_corners=False, antialias=True)[0]
+    assert (pil - f).abs().mean().item() > diff.mean().item()
+
+
 def test_raw_masks_paste_on_demand(base, images, reference):
     torch.manual_seed(0)
     pipe = build_pipeline(base, ["raw_masks"])
@@ -358,6 +377,30 @@ def test_mixed_half_runs_the_feature_extractor_in_bf16_and_the_head_in_fp32(base
         build_pipeline(base, ["half", "mixed_half"])
 
 
+def test_half_towers_runs_only_the_tower_convolutions_in_bf16(base, images, reference):
+    pipe = build_pipeline(base, ["half_towers"])
+    head = pipe.model.proposal_generator.fcos_head
+    wrapped = [m for t in (head.share_tower, head.cls_tower, head.bbox_tower) for m in t if isinstance(m, HalfIO)]
+    assert len(wrapped) == pipe.recipe_info["half_tower_convs"] > 0
+    assert all(m.inner.weight.dtype == torch.bfloat16 for m in wrapped)
+    assert not any(isinstance(m, torch.nn.Conv2d) for t in (head.cls_tower, head.bbox_tower) for m in t)
+    norms = [m for t in (head.cls_tower, head.bbox_tower) for m in t if isinstance(m, torch.nn.GroupNorm)]
+    assert norms and all(m.weight.dtype == torch.float32 for m in norms)
+    for pred in (head.cls_logits, head.bbox_pred, head.ctrness):
+        assert pred.weight.dtype == torch.float32
+    base_head = base.model.proposal_generator.fcos_head
+    assert all(m.weight.dtype == torch.float32 for m in base_head.cls_tower if isinstance(m, torch.nn.Conv2d))
+    batch, _ = pipe.prepare(images[IMAGES[0]])
+    with torch.no_grad():
+        out = pipe.model.predict_head(pipe.model.extract_features(batch))
+    assert all(t.dtype == torch.float32 for t in out.logits + out.box_reg + out.ctrness)
+    got = {name: pipe(im) for name, im in images.items()}
+    rep = compare_runs(reference, got)
+    assert rep.matched > 0 and rep.mean_box_iou > 0.95
+    with pytest.raises(ValueError, match="exclude each other"):
+        build_pipeline(base, ["half", "half_towers"])
+
+
 def test_pad64_sets_pad_multiple_and_recompile_limit(base, restore_recompile_limit):
     dcfg = restore_recompile_limit
     pipe = build_pipeline(base, ["pad64"])
@@ -389,3 +432,13 @@ def test_p3_compiles_the_backbone_without_running_it(base, restore_recompile_lim
     assert info.backend == "inductor" and info.targets == ["backbone"]
     assert pipe.options.resize == "device" and pipe.options.decode == "sync_free"
     assert pipe.options.pad_multiple == 0  # pad64 is P4
+
+
+def test_blend_chunks_keeps_the_masks(base, images, reference):
+    pipe = build_pipeline(base, ["blend_chunks"])
+    assert pipe.model.blender.chunk == BLEND_CHUNK and base.model.blender.chunk is None
+    got = {name: pipe(im) for name, im in images.items()}
+    rep = compare_runs(reference, got)
+    assert rep.ref_instances == rep.test_instances == rep.matched > 0
+    assert rep.mean_box_iou == 1.0 and rep.max_score_diff == 0.0
+    assert rep.mean_mask_iou > 0.9999

@@ -26,9 +26,12 @@ class Switch:
     description: str
 
 
+BLEND_CHUNK = 16  # detections per blender chunk (blend_chunks): 16 x 4 bases x 56 x 56 floats = 800 KB
+
 SWITCHES: Dict[str, Switch] = {s.name: s for s in [
     Switch("device_resize", "P0", "shortest-edge resize as bilinear F.interpolate on the device instead of PIL "
-                                  "on the CPU (the seed: 34.8 ms of CPU resize removed)"),
+                                  "on the CPU (the seed: 34.8 ms of CPU resize removed); on a CPU device in "
+                                  "uint8, as PIL"),
     Switch("sync_free_decode", "P1", "FCOS decode + NMS with fixed shapes: no .cpu()/.item()/nonzero until the "
                                      "results are extracted"),
     Switch("runtime", "P2", "the best runtime setting of the P2 sweep (npu: TASK_QUEUE_ENABLE, core binding, "
@@ -43,11 +46,16 @@ SWITCHES: Dict[str, Switch] = {s.name: s for s in [
                             "paste stay fp32)"),
     Switch("mixed_half", "extra", "backbone, FPN and basis module in half precision (bf16 on cpu, fp16 on npu/cuda); "
                                   "the FCOS head, whose box regression needs the mantissa, and all after it fp32"),
+    Switch("half_towers", "extra", "the FCOS head's tower convolutions in half precision (bf16 on cpu, fp16 on "
+                                   "npu/cuda); their GroupNorm, the predictors and all after them stay fp32"),
     Switch("channels_last", "extra", "NHWC memory format for the convolutions"),
     Switch("lazy_attention", "extra", "BlendMask's top layer (the attention conv) evaluated only at the detections "
                                       "left after NMS instead of at every FPN location"),
     Switch("blend_matmul", "extra", "the blender's bilinear upsampling of the attention (A x A -> 56 x 56) as two "
                                     "small matmuls with the fixed weights instead of F.interpolate"),
+    Switch("blend_chunks", "extra", f"the blender takes the detections {BLEND_CHUNK} at a time into one output: "
+                                    "cache-sized temporaries instead of 5 MB ones that a CPU's allocator returns "
+                                    "to the OS and page-faults back in on every image"),
     Switch("raw_masks", "extra", "return the 56x56 mask probabilities with their boxes; paste full-image masks "
                                  "only on demand (001's raw-mask head)"),
     Switch("compile_model", "extra", "torch.compile of backbone, head and basis module together"),
@@ -67,14 +75,18 @@ RECIPES: Dict[str, List[str]] = {
     "p4+raw_masks": _P + ["raw_masks"],
     "p4+lazy_attention": _P + ["lazy_attention"],
     "p4+mixed_half": _P + ["mixed_half"],
+    "p4+blend_chunks": _P + ["blend_chunks"],
+    "p4+half_towers": _P + ["half_towers"],
     "best": _P + ["fold_bn", "raw_masks", "lazy_attention", "blend_matmul"],
     # on a CPU there is no host-device sync to remove, and the fixed-shape NMS costs O(K^2): the
     # CPU's best chain leaves P1 out (the P1 notebook measures why). The fp32 network runs at the
     # CPU's measured matmul peak, so only less work (lazy attention) or bf16 help (mixed_half: the
     # whole network in bf16 moved bbox AP by up to -0.33 on the tiny model, at the gate's edge; the
-    # feature extractor alone by about -0.1).
+    # feature extractor alone by about -0.1; half_towers adds the head's tower convolutions, with
+    # GroupNorm kept fp32, for about 6 %). blend_chunks keeps the blender's temporaries out of the
+    # page-fault path (about 5 ms at 100 detections).
     "best_cpu": ["device_resize", "runtime", "compile_backbone", "pad64", "fold_bn", "raw_masks", "channels_last",
-                 "lazy_attention", "blend_matmul", "mixed_half"],
+                 "lazy_attention", "blend_matmul", "blend_chunks", "mixed_half", "half_towers"],
 }
 STAGE_RECIPES = ["baseline", "p0", "p1", "p2", "p3", "p4"]
 
@@ -179,6 +191,20 @@ class HalfIO(nn.Module):
             return getattr(super().__getattr__("inner"), name)
 
 
+def half_tower_convs(model: BlendMask, dtype: torch.dtype) -> int:
+    """Wrap every convolution of the FCOS head's towers in HalfIO (half precision inside, float32
+    between them): the convolutions are nearly all of the head's FLOPs, while GroupNorm in bf16 is
+    slow on CPUs and the box regression needs float32. Returns how many were wrapped."""
+    head = model.proposal_generator.fcos_head
+    n = 0
+    for tower in (head.share_tower, head.cls_tower, head.bbox_tower):
+        for i, layer in enumerate(tower):
+            if isinstance(layer, nn.Conv2d):
+                tower[i] = HalfIO(layer, dtype)
+                n += 1
+    return n
+
+
 @dataclass
 class CompileInfo:
     backend: str
@@ -214,10 +240,14 @@ def build_pipeline(base: Pipeline, recipe: Union[str, Sequence[str]], device: Op
         info["folded_bn"] = fold_frozen_bn(model)
     if "half" in names and "mixed_half" in names:
         raise ValueError("switches 'half' (the whole network) and 'mixed_half' exclude each other")
+    if "half" in names and "half_towers" in names:
+        raise ValueError("switches 'half' (the whole network) and 'half_towers' exclude each other")
     if "mixed_half" in names:
         half = getattr(torch, half_dtype(dev))
         model.backbone = HalfIO(model.backbone, half)
         model.basis_module = HalfIO(model.basis_module, half)
+    if "half_towers" in names:
+        info["half_tower_convs"] = half_tower_convs(model, getattr(torch, half_dtype(dev)))
     if "half" in names:
         opts.dtype = half_dtype(dev)
         model = model.to(getattr(torch, opts.dtype))
@@ -232,6 +262,8 @@ def build_pipeline(base: Pipeline, recipe: Union[str, Sequence[str]], device: Op
         model.lazy_attention = True
     if "blend_matmul" in names:
         model.blender.upsample = "matmul"
+    if "blend_chunks" in names:
+        model.blender.chunk = BLEND_CHUNK
     if "pad64" in names:
         opts.pad_multiple = PAD_MULTIPLE
         info["recompile_limit_knob"] = devmod.set_recompile_limit(RECOMPILE_LIMIT)
