@@ -378,3 +378,36 @@ def test_corrupt_middle_line_is_an_error(small_gt, tmp_path):
                                            '{"image_id": 12, "results": []}\n')
     with pytest.raises(ValueError, match="corrupt line"):
         _run(small_gt, out, _make_predict(small_gt, []))
+
+
+def test_run_coco_evaluation_resumes_only_the_same_pipeline(small_gt, tmp_path):
+    out = tmp_path / "r"
+    info = {"recipe": "p4", "weights_sha256": "aa", "code": "c1"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(KeyboardInterrupt):
+            _run(small_gt, out, _make_predict(small_gt, [], interrupt_at=3), run_info=info)
+    assert json.loads((out / "run_config.json").read_text())["run_info"] == info
+    assert _jsonl_ids(out / "predictions.jsonl") == [11, 12]
+    # the same pipeline resumes
+    calls = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        same = _run(small_gt, out, _make_predict(small_gt, calls), run_info=dict(info))
+    assert calls == [13, 15, 16] and same.resumed_from == 2 and same.discarded is None
+    # other code: refused by default, nothing touched
+    other = {**info, "code": "c2"}
+    before = (out / "predictions.jsonl").read_bytes()
+    with pytest.raises(ValueError, match="existing run"):
+        _run(small_gt, out, _make_predict(small_gt, []), run_info=other)
+    assert (out / "predictions.jsonl").read_bytes() == before
+    # ... or discarded with a warning and redone
+    calls = []
+    with pytest.warns(UserWarning, match="discarded"):
+        fresh = _run(small_gt, out, _make_predict(small_gt, calls), run_info=other, on_mismatch="restart")
+    assert calls == [11, 12, 13, 15, 16] and fresh.resumed_from == 0 and fresh.processed == 5
+    assert fresh.discarded["run_info"] == info
+    assert json.loads((out / "run_config.json").read_text())["run_info"] == other
+    assert fresh.metrics["bbox"].AP == pytest.approx(100.0)
+    with pytest.raises(ValueError, match="on_mismatch"):
+        _run(small_gt, out, _make_predict(small_gt, []), on_mismatch="ignore")

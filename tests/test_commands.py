@@ -116,6 +116,15 @@ def test_eval_writes_predictions_and_resumes(model_args, synthetic, synthetic_80
     assert calls == []
     assert json.loads((out / "coco_predictions.json").read_text()) == preds
     assert len((out / "per_image_timing.jsonl").read_text().splitlines()) == 3
+    run_info = json.loads((out / "run_config.json").read_text())["run_info"]
+    assert run_info["recipe"] == "baseline" and len(run_info["code"]) == 16
+
+    # another recipe into the same folder: one clear error, the predictions kept
+    capsys.readouterr()
+    assert main(argv + ["--recipe", "p0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("blendstudy: ") and "run_config.json" in err and "p0" in err
+    assert json.loads((out / "coco_predictions.json").read_text()) == preds
 
 
 def test_eval_on_fewer_categories_than_the_model_has(model_args, synthetic, tmp_path, capsys):

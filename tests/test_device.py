@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -168,3 +169,19 @@ def test_cpu_helpers_are_noops():
     assert default_compile_backend(torch.device("cuda", 0)) == "inductor"
     # torch.device("npu") only parses once torch_npu is imported; the helper looks at .type only
     assert default_compile_backend(SimpleNamespace(type="npu", index=0)) == "npu"
+
+
+def test_code_fingerprint_follows_the_package_sources(tmp_path, monkeypatch):
+    import blendstudy.device as dm
+
+    fp = dm.code_fingerprint()
+    assert len(fp) == 16 and fp == dm.code_fingerprint()
+    # a copy of the package with one source changed gets another fingerprint
+    import shutil
+
+    pkg = tmp_path / "blendstudy"
+    shutil.copytree(Path(dm.__file__).parent, pkg, ignore=shutil.ignore_patterns("__pycache__", "*.pth"))
+    monkeypatch.setattr(dm, "__file__", str(pkg / "device.py"))
+    assert dm.code_fingerprint() == fp
+    (pkg / "ops.py").write_text((pkg / "ops.py").read_text() + "\n# changed\n")
+    assert dm.code_fingerprint() != fp

@@ -685,14 +685,18 @@ score_thresh = E.score_thresh if E.score_thresh is not None else loaded.describe
 ground_truth = None if loaded.random_weights else dataset.coco  # AP of random weights means nothing
 categories = (dataset.contiguous_to_category_id if ground_truth is not None
               else {c: c + 1 for c in range(int(loaded.config.MODEL.FCOS.NUM_CLASSES))})
-# resumes only a run of the same recipe and checkpoint (random-weight predictions are never reused)
+# one folder per recipe and checkpoint; it resumes only predictions made by the same config, weights
+# (sha256), recipe and code (blendstudy.device.code_fingerprint): others are discarded, and said so
 eval_folder = run_folder / "p5_eval" / f"{E.recipe}_{Path(loaded.weights).stem if loaded.weights else 'random'}"
 evaluation = run_coco_evaluation(image_ids, dataset.image_path, pipeline, ground_truth, categories, eval_folder,
                                  score_thresh=score_thresh, max_dets=E.max_dets, progress=False,
-                                 device=loaded.device)
+                                 device=loaded.device, run_info=loaded.prediction_identity(E.recipe),
+                                 on_mismatch="restart")
 display(Markdown(f"recipe **{E.recipe}** on {evaluation.num_images} of {len(dataset)} images of `{dataset.ann_file}`; "
                  f"{evaluation.resumed_from} done before this session, {evaluation.processed} now, "
-                 f"{len(evaluation.skipped)} unreadable (skipped)."))
+                 f"{len(evaluation.skipped)} unreadable (skipped)."
+                 + (" Predictions found in the folder came from another pipeline or code version and were "
+                    "discarded." if evaluation.discarded else "")))
 '''),
     md("## COCO AP, with its protocol"),
     code('''

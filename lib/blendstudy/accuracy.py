@@ -604,6 +604,8 @@ class CocoEvalRun:
     first_call_ms: predict() time of the first image of each session, reported apart.
     resumed_from:  images already done (predicted or skipped) when this session started.
     processed:     images predicted in this session.
+    discarded:     the run_config.json of an earlier run in the folder whose predictions were thrown
+                   away because another pipeline made them (on_mismatch="restart"), else None.
     """
 
     metrics: Dict[str, CocoMetrics]
@@ -617,6 +619,7 @@ class CocoEvalRun:
     num_detections: int
     score_thresh: Optional[float]
     max_dets: int
+    discarded: Optional[Dict[str, Any]] = None
 
     def to_dict(self) -> Dict[str, Any]:
         return _jsonable(self)
@@ -707,6 +710,8 @@ def run_coco_evaluation(
     timer: Optional[Callable[[], float]] = None,
     device: Optional[Union[torch.device, str]] = None,
     iou_types: Sequence[str] = ("bbox", "segm"),
+    run_info: Optional[Mapping[str, Any]] = None,
+    on_mismatch: str = "error",
 ) -> CocoEvalRun:
     """Predict every image resumably, write COCO predictions and evaluate them.
 
@@ -724,8 +729,11 @@ def run_coco_evaluation(
     and are not retried on resume (delete skipped.jsonl to retry them).
 
     Resume (default): existing jsonl files are read back (a truncated last line is dropped and the
-    file rewritten), done ids are skipped. ``run_config.json`` records score_thresh / max_dets;
-    resuming with different values raises ValueError. ``resume=False`` starts afresh.
+    file rewritten), done ids are skipped. ``run_config.json`` records score_thresh / max_dets and
+    ``run_info`` (JSON-able: what makes the predictions -- recipe, checkpoint digest, code
+    fingerprint); resuming with different values raises ValueError, or with
+    ``on_mismatch="restart"`` warns, discards the old predictions and starts afresh (the old
+    config is returned as ``discarded``). ``resume=False`` starts afresh.
 
     At the end ``coco_predictions.json`` (one list, in the order of ``image_ids``, rebuilt from
     predictions.jsonl so interrupted and uninterrupted runs give identical bytes) is written and,
@@ -743,7 +751,12 @@ def run_coco_evaluation(
     )
     pred_path, timing_path = Path(paths.predictions_jsonl), Path(paths.timing_jsonl)
     skipped_path, config_path = Path(paths.skipped_jsonl), Path(paths.run_config)
-    config = {"score_thresh": score_thresh, "max_dets": int(max_dets)}
+    if on_mismatch not in ("error", "restart"):
+        raise ValueError(f"on_mismatch must be 'error' or 'restart', not {on_mismatch!r}")
+    config: Dict[str, Any] = {"score_thresh": score_thresh, "max_dets": int(max_dets)}
+    if run_info is not None:
+        config["run_info"] = json.loads(json.dumps(dict(run_info), sort_keys=True))
+    discarded: Optional[Dict[str, Any]] = None
 
     ids = [int(i) for i in image_ids]
     if len(set(ids)) != len(ids):
@@ -753,8 +766,12 @@ def run_coco_evaluation(
     if resume and config_path.exists():
         old = json.loads(config_path.read_text())
         if old != config:
-            raise ValueError(f"{config_path}: existing run used {old}, this call asks for {config}; "
-                             "use another out_dir or resume=False")
+            if on_mismatch == "error":
+                raise ValueError(f"{config_path}: existing run used {old}, this call asks for {config}; "
+                                 "use another out_dir or resume=False")
+            warnings.warn(f"{config_path}: the predictions there were made with {old}, not {config}; "
+                          "they are discarded and the run starts afresh", stacklevel=2)
+            discarded, resume = old, False
     if not resume:
         for p in (pred_path, timing_path, skipped_path, Path(paths.coco_predictions)):
             if p.exists():
@@ -852,6 +869,7 @@ def run_coco_evaluation(
         num_detections=len(coco_preds),
         score_thresh=score_thresh,
         max_dets=int(max_dets),
+        discarded=discarded,
     )
 
 

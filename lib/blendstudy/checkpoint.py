@@ -60,6 +60,17 @@ class LoadReport:
         return "\n".join(lines)
 
 
+def file_sha256(path: Union[str, Path], chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes (a checkpoint's identity in records)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def read_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
     """Read `{"model": state_dict}` (detectron2/AdelaiDet) or a bare state dict with
     torch.load(weights_only=True): pickled code is refused, never executed. Values that are

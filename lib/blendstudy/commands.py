@@ -106,8 +106,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
                         f"{model_classes} classes (MODEL.FCOS.NUM_CLASSES): they cannot be mapped one to one")
     ids = ds.subset(args.max_images)
     thresh = float(loaded.config.MODEL.FCOS.INFERENCE_TH_TEST)
-    res = run_coco_evaluation(ids, ds.image_path, pipe, ds.coco, ds.contiguous_to_category_id, args.out_dir,
-                              score_thresh=thresh, max_dets=args.max_dets, device=loaded.device)
+    try:
+        res = run_coco_evaluation(ids, ds.image_path, pipe, ds.coco, ds.contiguous_to_category_id, args.out_dir,
+                                  score_thresh=thresh, max_dets=args.max_dets, device=loaded.device,
+                                  run_info=loaded.prediction_identity(args.recipe))
+    except ValueError as exc:  # out_dir holds another run's predictions: say so, keep them
+        if "existing run" not in str(exc):
+            raise
+        raise UserError(str(exc)) from None
     for kind, m in res.metrics.items():
         print(f"{kind}: AP {m.AP:.1f}  AP50 {m.AP50:.1f}  AP75 {m.AP75:.1f}  "
               f"({m.num_detections} detections on {m.num_images} images, {m.detections_per_image:.1f}/img, "

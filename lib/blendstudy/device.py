@@ -174,6 +174,21 @@ def _command_first_lines(cmd: list, n: int = 12) -> Optional[str]:
     return "\n".join(out.stdout.splitlines()[:n])
 
 
+def code_fingerprint() -> str:
+    """sha256 (16 hex digits) over the blendstudy package's Python sources and shipped configs,
+    by relative path: changes whenever the code that makes predictions changes, committed or not
+    (p5_eval resumes only predictions made by the same code)."""
+    import hashlib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.suffix in (".py", ".yaml") and p.is_file()):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0")
+        h.update(path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
 def environment_info(device: Optional[torch.device] = None) -> Dict[str, Any]:
     """What a results JSON records about where it ran."""
     import sys

@@ -38,6 +38,18 @@ class LoadedPipeline:
                 "options": self.pipeline.options.to_dict(),
                 "score_thresh": float(self.config.MODEL.FCOS.INFERENCE_TH_TEST)}
 
+    def prediction_identity(self, recipe: str) -> Dict[str, Any]:
+        """What decides this pipeline's predictions under `recipe`: config, checkpoint (sha256;
+        None = random weights), recipe, code fingerprint, torch version and device type. A
+        resumable evaluation continues only predictions with the same identity."""
+        from blendstudy.checkpoint import file_sha256
+        from blendstudy.device import code_fingerprint
+
+        return {"config": str(self.config_source), "recipe": recipe,
+                "weights_sha256": file_sha256(self.weights) if self.weights else None,
+                "code": code_fingerprint(), "torch": torch.__version__, "device": self.device.type,
+                "options": self.pipeline.options.to_dict()}
+
 
 def resolve_weights(weights: Optional[str]) -> Optional[str]:
     """A checkpoint path, a shipped name ("tiny_synthetic"), or None/"" / "random" for none."""
