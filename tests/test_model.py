@@ -194,6 +194,9 @@ def _random_proposals(k: int, seed: int, num_bases: int = 4, attn: int = 14):
     g = torch.Generator().manual_seed(seed)
     xy = torch.rand(k, 2, generator=g) * torch.tensor([150.0, 100.0]) - 10.0  # some boxes cross the border
     boxes = torch.cat([xy, xy + torch.rand(k, 2, generator=g) * 80 + 1], dim=1)
+    if k >= 2:  # one box past the top-left corner, one past the bottom-right (the bases cover 160 x 120)
+        boxes[0] = torch.tensor([-30.0, -25.0, 40.0, 30.0])
+        boxes[-1] = torch.tensor([140.0, 100.0, 210.0, 170.0])
     return Proposals(boxes=boxes, scores=torch.rand(k, generator=g), classes=torch.zeros(k, dtype=torch.long),
                      top_feats=torch.randn(k, num_bases * attn * attn, generator=g),
                      levels=torch.zeros(k, dtype=torch.long), image_size=(120, 160))
@@ -201,13 +204,16 @@ def _random_proposals(k: int, seed: int, num_bases: int = 4, attn: int = 14):
 
 @pytest.mark.parametrize("upsample", ["interpolate", "matmul"])
 @pytest.mark.parametrize("counts", [[37], [0, 16, 5], [16], [3, 30]])
-def test_blender_in_chunks_gives_the_same_masks(upsample, counts):
+@pytest.mark.parametrize("sampling_ratio", [1, 2])
+def test_blender_in_chunks_gives_the_same_masks(upsample, counts, sampling_ratio):
     from blendstudy.model.blender import Blender
 
     bases = torch.randn(len(counts), 4, 30, 40, generator=torch.Generator().manual_seed(3))
     props = [_random_proposals(k, i) for i, k in enumerate(counts)]
-    whole = Blender(4)
-    chunked = Blender(4)
+    # the boxes reach beyond the 160 x 120 pixels the bases cover: ROIAlign's outside mask matters
+    assert any(bool((p.boxes[:, 2] > 170).any()) for p in props)
+    whole = Blender(4, sampling_ratio=sampling_ratio)
+    chunked = Blender(4, sampling_ratio=sampling_ratio)
     whole.upsample = chunked.upsample = upsample
     chunked.chunk = 16
     want, got = whole(bases, props), chunked(bases, props)

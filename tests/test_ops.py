@@ -638,3 +638,35 @@ def test_roi_align_matches_torchvision(monkeypatch):
                 ours = ops.roi_align(feat.to(dev), rois.to(dev), (4, 3), 0.5, sr, aligned)
                 theirs = tv.roi_align(feat.to(dev), rois.to(dev), (4, 3), 0.5, sr, aligned)
                 torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+
+
+def test_roi_sampler_slices_are_roi_align_bit_for_bit():
+    g = torch.Generator().manual_seed(5)
+    feats = torch.randn(2, 3, 20, 24, generator=g)
+    xy = torch.rand(30, 2, generator=g) * 120 - 20
+    boxes = torch.cat([xy, xy + torch.rand(30, 2, generator=g) * 60 + 0.5], 1)
+    rois = torch.cat([torch.randint(0, 2, (30, 1), generator=g).float(), boxes], 1)
+    want = ops.roi_align(feats, rois, (7, 7), 0.25, 1, True) if not ops._USE_TORCHVISION else None
+    sampler = ops.RoiSampler(feats, rois, (7, 7), 0.25, True)
+    inside = sampler.inside(0, 30)
+    assert len(sampler) == 30 and tuple(inside.shape) == (30, 1, 7, 7)
+    assert 0 < inside.sum() < inside.numel()  # some sample points fall outside
+    got = torch.cat([sampler.sample(s, s + 8) * sampler.inside(s, s + 8) for s in range(0, 30, 8)])
+    if want is not None:
+        assert torch.equal(got, want)
+
+
+def test_box_iou_matches_the_numpy_reference_and_hand_values():
+    from blendstudy.accuracy import box_iou_matrix
+
+    g = torch.Generator().manual_seed(9)
+    xy = torch.rand(40, 2, generator=g) * 100
+    boxes = torch.cat([xy, xy + torch.rand(40, 2, generator=g) * 50], 1)
+    boxes[3] = boxes[2]  # identical pair
+    iou = ops.box_iou(boxes[:25], boxes)
+    assert iou.shape == (25, 40)
+    np.testing.assert_allclose(iou.numpy(), box_iou_matrix(boxes[:25].double().numpy(), boxes.double().numpy()),
+                               rtol=1e-5, atol=1e-6)
+    assert iou[2, 3] == 1.0 and torch.all(iou.diagonal() == 1.0)
+    hand = ops.box_iou(torch.tensor([[0.0, 0, 10, 10]]), torch.tensor([[5.0, 0, 15, 10], [10.0, 10, 20, 20]]))
+    assert hand.tolist() == [[pytest.approx(1 / 3), 0.0]]

@@ -46,10 +46,11 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Pairwise IoU (len(a), len(b)) of xyxy boxes (no +1 on widths, as torchvision/detectron2)."""
     area_a = box_area(a)
     area_b = box_area(b)
-    lt = torch.max(a[:, None, :2], b[None, :, :2])
-    rb = torch.min(a[:, None, 2:], b[None, :, 2:])
-    wh = (rb - lt).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
+    # one coordinate at a time: contiguous (len(a), len(b)) operands instead of (.., .., 2) ones
+    # whose last dimension defeats vectorisation (the same float operations, about 2x faster)
+    w = (torch.min(a[:, 2, None], b[None, :, 2]) - torch.max(a[:, 0, None], b[None, :, 0])).clamp_(min=0)
+    h = (torch.min(a[:, 3, None], b[None, :, 3]) - torch.max(a[:, 1, None], b[None, :, 1])).clamp_(min=0)
+    inter = w * h
     return inter / (area_a[:, None] + area_b[None, :] - inter)
 
 
@@ -120,6 +121,41 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor,
     return nms(boxes + offsets[:, None], scores, iou_threshold, max_keep)
 
 
+def _roi_axes(size: Tuple[int, int], y0: torch.Tensor, x0: torch.Tensor, bin_h: torch.Tensor,
+              bin_w: torch.Tensor, ph: int, pw: int, grid_h: int, grid_w: int
+              ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per roi and axis: normalised grid coordinates gy (K, ph*grid_h), gx (K, pw*grid_w) and
+    whether each sample row / column lies inside [-1, H] / [-1, W] (see _roi_samples)."""
+    h, w = size
+    dt, dev = y0.dtype, y0.device
+    # sample offsets inside a bin: (i + 0.5) / grid, for every (bin, sample) pair in order
+    sy = torch.arange(ph * grid_h, device=dev)
+    sx = torch.arange(pw * grid_w, device=dev)
+    fy = (sy // grid_h).to(dt) + ((sy % grid_h).to(dt) + 0.5) / grid_h
+    fx = (sx // grid_w).to(dt) + ((sx % grid_w).to(dt) + 0.5) / grid_w
+    ys = y0[:, None] + fy[None, :] * bin_h[:, None]  # (K, ph * grid_h)
+    xs = x0[:, None] + fx[None, :] * bin_w[:, None]  # (K, pw * grid_w)
+    gy = ys * (2.0 / max(h - 1, 1)) - 1.0
+    gx = xs * (2.0 / max(w - 1, 1)) - 1.0
+    return gy, gx, (ys >= -1.0) & (ys <= h), (xs >= -1.0) & (xs <= w)
+
+
+def _roi_grid(gy: torch.Tensor, gx: torch.Tensor) -> torch.Tensor:
+    """The F.grid_sample grid (K, rows, cols, 2) of per-axis coordinates."""
+    k, rows, cols = gy.shape[0], gy.shape[1], gx.shape[1]
+    return torch.stack([gx[:, None, :].expand(k, rows, cols), gy[:, :, None].expand(k, rows, cols)], dim=-1)
+
+
+def _roi_sample(features: torch.Tensor, batch_idx: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """F.grid_sample of every roi's grid on its image, unmasked: (K, C, rows, cols)."""
+    k = grid.shape[0]
+    _, c, h, w = features.shape
+    # one image: a stride-0 view per roi, no copy (of an NCHW map: grid_sample would copy a
+    # channels_last one k times)
+    src = features.contiguous().expand(k, c, h, w) if features.shape[0] == 1 else features[batch_idx]
+    return F.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=True)
+
+
 def _roi_samples(features: torch.Tensor, batch_idx: torch.Tensor, y0: torch.Tensor, x0: torch.Tensor,
                  bin_h: torch.Tensor, bin_w: torch.Tensor, ph: int, pw: int, grid_h: int, grid_w: int
                  ) -> torch.Tensor:
@@ -130,29 +166,59 @@ def _roi_samples(features: torch.Tensor, batch_idx: torch.Tensor, y0: torch.Tens
     align_corners=True the normalised grid addresses pixel centres 0 .. H-1 (one extra float
     rounding of the coordinate, ~1e-7 relative)."""
     k = batch_idx.shape[0]
-    _, c, h, w = features.shape
-    dt = features.dtype
-    dev = features.device
-    # sample offsets inside a bin: (i + 0.5) / grid, for every (bin, sample) pair in order
-    sy = torch.arange(ph * grid_h, device=dev)
-    sx = torch.arange(pw * grid_w, device=dev)
-    fy = (sy // grid_h).to(dt) + ((sy % grid_h).to(dt) + 0.5) / grid_h
-    fx = (sx // grid_w).to(dt) + ((sx % grid_w).to(dt) + 0.5) / grid_w
-    ys = y0[:, None] + fy[None, :] * bin_h[:, None]  # (K, ph * grid_h)
-    xs = x0[:, None] + fx[None, :] * bin_w[:, None]  # (K, pw * grid_w)
-    inside = ((ys >= -1.0) & (ys <= h))[:, None, :, None] & ((xs >= -1.0) & (xs <= w))[:, None, None, :]
-    gy = ys * (2.0 / max(h - 1, 1)) - 1.0
-    gx = xs * (2.0 / max(w - 1, 1)) - 1.0
-    rows, cols = ys.shape[1], xs.shape[1]
-    grid = torch.stack([gx[:, None, :].expand(k, rows, cols), gy[:, :, None].expand(k, rows, cols)], dim=-1)
-    # one image: a stride-0 view per roi, no copy (of an NCHW map: grid_sample would copy a
-    # channels_last one k times)
-    src = features.contiguous().expand(k, c, h, w) if features.shape[0] == 1 else features[batch_idx]
-    vals = F.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=True)
-    vals = vals * inside.to(dt)
+    c = features.shape[1]
+    gy, gx, in_y, in_x = _roi_axes(tuple(features.shape[-2:]), y0, x0, bin_h, bin_w, ph, pw, grid_h, grid_w)
+    inside = in_y[:, None, :, None] & in_x[:, None, None, :]
+    vals = _roi_sample(features, batch_idx, _roi_grid(gy, gx)) * inside.to(features.dtype)
     if grid_h * grid_w > 1:
         vals = vals.reshape(k, c, ph, grid_h, pw, grid_w).mean(dim=(3, 5))
     return vals
+
+
+def _roi_geometry(rois: torch.Tensor, spatial_scale: float, aligned: bool
+                  ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(y0, x0, height, width) of (K, 5) rois on the feature map (detectron2's ROIAlign rules)."""
+    offset = 0.5 if aligned else 0.0
+    x0 = rois[:, 1] * spatial_scale - offset
+    y0 = rois[:, 2] * spatial_scale - offset
+    x1 = rois[:, 3] * spatial_scale - offset
+    y1 = rois[:, 4] * spatial_scale - offset
+    roi_w = x1 - x0
+    roi_h = y1 - y0
+    if not aligned:
+        roi_w = roi_w.clamp(min=1.0)
+        roi_h = roi_h.clamp(min=1.0)
+    return y0, x0, roi_h, roi_w
+
+
+class RoiSampler:
+    """ROIAlign with one sample per bin (sampling_ratio 1) prepared once for K rois and sampled in
+    slices: the sample coordinates of all rois are computed in one go (per axis: K x ph and K x pw
+    values), `sample(s, e)` returns rois s..e-1 (e - s, C, ph, pw) WITHOUT the outside-the-map
+    mask, and `inside(s, e)` (e - s, 1, ph, pw) is that mask (0/1). roi_align == sample * inside,
+    bit for bit; a caller whose next step is linear per bin may apply the mask later, on fewer
+    channels (the blender does)."""
+
+    def __init__(self, features: torch.Tensor, rois: torch.Tensor, output_size: Tuple[int, int],
+                 spatial_scale: float, aligned: bool):
+        ph, pw = output_size
+        rois = rois.to(features.dtype)
+        y0, x0, roi_h, roi_w = _roi_geometry(rois, spatial_scale, aligned)
+        self.features = features
+        self.batch_idx = rois[:, 0].long()
+        self.gy, self.gx, in_y, in_x = _roi_axes(tuple(features.shape[-2:]), y0, x0, roi_h / ph, roi_w / pw,
+                                                 ph, pw, 1, 1)
+        self.in_y, self.in_x = in_y.to(features.dtype), in_x.to(features.dtype)
+
+    def __len__(self) -> int:
+        return int(self.gy.shape[0])
+
+    def sample(self, start: int, end: int) -> torch.Tensor:
+        grid = _roi_grid(self.gy[start:end], self.gx[start:end])
+        return _roi_sample(self.features, self.batch_idx[start:end], grid)
+
+    def inside(self, start: int, end: int) -> torch.Tensor:
+        return (self.in_y[start:end, :, None] * self.in_x[start:end, None, :])[:, None]
 
 
 def roi_align(features: torch.Tensor, rois: torch.Tensor, output_size: Tuple[int, int],
@@ -172,16 +238,7 @@ def roi_align(features: torch.Tensor, rois: torch.Tensor, output_size: Tuple[int
     if k == 0:
         return features.new_zeros((0, c, ph, pw))
     rois = rois.to(features.dtype)
-    offset = 0.5 if aligned else 0.0
-    x0 = rois[:, 1] * spatial_scale - offset
-    y0 = rois[:, 2] * spatial_scale - offset
-    x1 = rois[:, 3] * spatial_scale - offset
-    y1 = rois[:, 4] * spatial_scale - offset
-    roi_w = x1 - x0
-    roi_h = y1 - y0
-    if not aligned:
-        roi_w = roi_w.clamp(min=1.0)
-        roi_h = roi_h.clamp(min=1.0)
+    y0, x0, roi_h, roi_w = _roi_geometry(rois, spatial_scale, aligned)
     bin_h = roi_h / ph
     bin_w = roi_w / pw
     if sampling_ratio > 0:

@@ -77,7 +77,17 @@ class Blender:
         else:
             rois = ops.boxes_to_rois([p.boxes for p in proposals])
             probs = bases.new_empty((total, r, r))
-            for s in range(0, total, self.chunk):
-                e = s + self.chunk
-                torch.sigmoid(self.merge(self.pool_rois(bases, rois[s:e]), attns[s:e]), out=probs[s:e])
+            if self.sampling_ratio == 1:
+                # all sample grids at once; the outside-the-map mask (0/1, the same for every basis)
+                # applied to the blended logits: merge is linear in the pooled bases, so this is
+                # pool -> mask -> merge bit for bit, on 1/num_bases of the values
+                sampler = ops.RoiSampler(bases, rois, (r, r), self.pooler_scale, self.aligned)
+                for s in range(0, total, self.chunk):
+                    e = s + self.chunk
+                    logits = self.merge(sampler.sample(s, e), attns[s:e]) * sampler.inside(s, e)[:, 0]
+                    torch.sigmoid(logits, out=probs[s:e])
+            else:
+                for s in range(0, total, self.chunk):
+                    e = s + self.chunk
+                    torch.sigmoid(self.merge(self.pool_rois(bases, rois[s:e]), attns[s:e]), out=probs[s:e])
         return list(torch.split(probs, counts))
