@@ -16,6 +16,7 @@ from blendstudy.report import (
     accuracy_table,
     coco_table,
     latency_table,
+    paired_chain_table,
     pct_change,
     plot_latency_cdf,
     plot_latency_distribution,
@@ -59,6 +60,37 @@ def test_stage_chain_table():
     assert list(df["relative"]) == ["baseline", "-50.0%", "-50.0%"]
     assert list(df["cumulative"]) == ["baseline", "-50.0%", "-75.0%"]
     assert df["latency_ms"].tolist() == pytest.approx([144.0, 72.0, 36.0])
+
+
+def test_paired_chain_table_carries_the_baseline_by_paired_ratios():
+    from blendstudy.timing import paired_compare
+
+    comps = {
+        "p0 vs baseline": {"median_speedup": 1.25, "ci_low": 1.2, "ci_high": 1.3},
+        "p1 vs p0": {"median_speedup": 0.8, "ci_low": 0.7, "ci_high": 0.9},
+        "p1 vs baseline": {"median_speedup": 1.0, "ci_low": 0.9, "ci_high": 1.1},
+        # p2: no pair measured; p3 only against the baseline
+        "p3 vs baseline": {"median_speedup": 2.0, "ci_low": 1.9, "ci_high": 2.1},
+    }
+    df = paired_chain_table(["baseline", "p0", "p1", "p2", "p3"], comps, baseline_ms=100.0)
+    assert list(df["stage"]) == ["baseline", "p0", "p1", "p2", "p3"]
+    assert df["paired_ms"].tolist()[:3] == pytest.approx([100.0, 80.0, 100.0])
+    assert np.isnan(df["paired_ms"][3]) and df["paired_ms"][4] == pytest.approx(50.0)
+    assert df["vs previous"][2] == pytest.approx(0.8) and df["vs previous CI"][2] == "0.70-0.90"
+    assert df["vs baseline CI"][3] == "not paired" and np.isnan(df["vs previous"][4])
+    # a real PairedComparison object is read the same way as its dict
+    def slow(_):
+        return sum(range(20000))
+
+    def fast(_):
+        return sum(range(2000))
+
+    pc = paired_compare(slow, fast, {"a": None, "b": None, "c": None}, "cpu", rounds=2, warmup=0, progress=False)
+    df2 = paired_chain_table(["a", "b"], {"b vs a": pc}, baseline_ms=10.0)
+    assert df2["vs a"][1] == pytest.approx(pc.median_speedup)
+    assert df2["paired_ms"][1] == pytest.approx(10.0 / pc.median_speedup)
+    with pytest.raises(ValueError):
+        paired_chain_table([], comps, 1.0)
 
 
 def _report(**kw) -> AccuracyReport:

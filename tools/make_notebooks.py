@@ -786,8 +786,28 @@ for source, values in (params.references.get("latency_ms") or {}).items():
     chain[f"{source} ms"] = [values.get(r) for r in chain["stage"]]
 display(chain.assign(weights=weights))
 '''),
+    md('''
+The latencies above come from different notebooks, i.e. different processes and minutes; on a
+shared machine they drift. The chain below uses the notebooks' paired A/B instead: each stage's
+median speedup against the previous stage and the baseline, measured interleaved in one process,
+and the baseline's mean carried along by those ratios (`paired_ms`). P2 has no pair: its setting
+holds for a whole process (the sweep in p2_runtime is its evidence), and the later stages' pairs
+run with it on both sides.
+'''),
+    code('''
+comparisons = {name: c for nb in STAGE_NOTEBOOKS.values()
+               for name, c in extra.get(nb, {}).get("comparisons", {}).items()}
+paired_chain = report.paired_chain_table(stages, comparisons, stats[stages[0]].mean) if stages else None
+display(paired_chain.assign(weights=weights) if paired_chain is not None else Markdown("no stages"))
+chained = [(r, ms) for r, ms in zip(paired_chain["stage"], paired_chain["paired_ms"]) if ms == ms]
+'''),
     figure("waterfall", "summary_waterfall.png", '''
-report.plot_speedup_waterfall([(r, stats[r].mean) for r in stages], PATH)'''),
+report.plot_speedup_waterfall(chained, PATH, title=f"paired chain: {chained[0][0]} {chained[0][1]:.1f} ms -> "
+                              f"{chained[-1][0]} {chained[-1][1]:.1f} ms")'''),
+    code('''
+unpaired = [r for r in stages if r not in dict(chained)]
+display(Markdown(f"left out of the paired chain (no pair measured): {', '.join(unpaired)}" if unpaired else ""))
+'''),
     figure("latency", "summary_latency.png", '''
 report.plot_latency_distribution(
     {r: extra[STAGE_NOTEBOOKS[r]]["samples_ms"][r] for r in stages}, PATH, title="Per-image latency of each stage")'''),

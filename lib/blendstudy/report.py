@@ -191,6 +191,47 @@ def stage_chain_table(rows: Sequence[Tuple[str, str, LatencyLike]]) -> pd.DataFr
     })
 
 
+def paired_chain_table(stages: Sequence[str], comparisons: Mapping[str, Mapping[str, Any]],
+                       baseline_ms: float) -> pd.DataFrame:
+    """The optimization chain from the notebooks' PAIRED comparisons. `stages` in chain order, the
+    first being the reference; `comparisons` maps "<stage> vs <other>" to a paired_compare result
+    (a PairedComparison or its dict: median_speedup, ci_low, ci_high). Per stage: speedup vs the
+    previous stage and vs the first (median and CI, NaN where that pair was not measured) and
+    paired_ms = baseline_ms / speedup vs the first -- the first stage's latency carried along the
+    chain by paired ratios, immune to the drift between notebooks that unpaired means carry."""
+    stages = [str(x) for x in stages]
+    if not stages:
+        raise ValueError("paired_chain_table needs at least one stage")
+    ref = stages[0]
+
+    def get(name: str, key: str) -> float:
+        c = comparisons.get(name)
+        if c is None:
+            return float("nan")
+        return float(c[key] if isinstance(c, Mapping) else getattr(c, key))
+
+    rows = []
+    for i, st in enumerate(stages):
+        if i == 0:
+            rows.append({"stage": st, "vs previous": 1.0, "vs previous CI": "", f"vs {ref}": 1.0,
+                         f"vs {ref} CI": "", "paired_ms": float(baseline_ms)})
+            continue
+        prev = f"{st} vs {stages[i - 1]}"
+        base = f"{st} vs {ref}"
+        med_b = get(base, "median_speedup")
+        rows.append({
+            "stage": st,
+            "vs previous": get(prev, "median_speedup"),
+            "vs previous CI": (f"{get(prev, 'ci_low'):.2f}-{get(prev, 'ci_high'):.2f}" if prev in comparisons
+                               else "not paired"),
+            f"vs {ref}": med_b,
+            f"vs {ref} CI": (f"{get(base, 'ci_low'):.2f}-{get(base, 'ci_high'):.2f}" if base in comparisons
+                             else "not paired"),
+            "paired_ms": float(baseline_ms) / med_b if med_b == med_b and med_b > 0 else float("nan"),
+        })
+    return pd.DataFrame(rows)
+
+
 def accuracy_table(reports: Mapping[str, AccuracyReport]) -> pd.DataFrame:
     """One row per comparison (e.g. "npu vs cpu"): instance counts, IoU / score / class agreement,
     losses, images missing on either side, the AP change (test - ref, points) where ground truth
@@ -413,6 +454,7 @@ __all__ = [
     "pct_change",
     "latency_table",
     "stage_chain_table",
+    "paired_chain_table",
     "accuracy_table",
     "coco_table",
     "to_markdown",
