@@ -13,6 +13,7 @@ import torch
 
 from blendstudy.accuracy import (
     AccuracyReport,
+    RunMismatchError,
     box_iou_matrix,
     coco_from_dict,
     compare_runs,
@@ -398,7 +399,7 @@ def test_run_coco_evaluation_resumes_only_the_same_pipeline(small_gt, tmp_path):
     # other code: refused by default, nothing touched
     other = {**info, "code": "c2"}
     before = (out / "predictions.jsonl").read_bytes()
-    with pytest.raises(ValueError, match="existing run"):
+    with pytest.raises(RunMismatchError, match="existing run"):
         _run(small_gt, out, _make_predict(small_gt, []), run_info=other)
     assert (out / "predictions.jsonl").read_bytes() == before
     # ... or discarded with a warning and redone

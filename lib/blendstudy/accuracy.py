@@ -695,6 +695,11 @@ def _filter_detections(det: Detections, score_thresh: Optional[float], max_dets:
                       extras=dict(det.extras))
 
 
+class RunMismatchError(ValueError):
+    """run_coco_evaluation: the output folder holds a run made with other settings or another
+    pipeline (run_config.json differs)."""
+
+
 def run_coco_evaluation(
     image_ids: Sequence[int],
     image_path: Callable[[int], PathLike],
@@ -767,8 +772,8 @@ def run_coco_evaluation(
         old = json.loads(config_path.read_text())
         if old != config:
             if on_mismatch == "error":
-                raise ValueError(f"{config_path}: existing run used {old}, this call asks for {config}; "
-                                 "use another out_dir or resume=False")
+                raise RunMismatchError(f"{config_path}: existing run used {old}, this call asks for {config}; "
+                                       "use another out_dir or resume=False")
             warnings.warn(f"{config_path}: the predictions there were made with {old}, not {config}; "
                           "they are discarded and the run starts afresh", stacklevel=2)
             discarded, resume = old, False
@@ -888,4 +893,5 @@ __all__ = [
     "detections_to_coco",
     "evaluate_coco",
     "run_coco_evaluation",
+    "RunMismatchError",
 ]

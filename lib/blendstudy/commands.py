@@ -95,7 +95,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from blendstudy.accuracy import run_coco_evaluation
+    from blendstudy.accuracy import RunMismatchError, run_coco_evaluation
     from blendstudy.data.coco import CocoDataset
 
     loaded, pipe = _pipeline(args)
@@ -110,9 +110,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         res = run_coco_evaluation(ids, ds.image_path, pipe, ds.coco, ds.contiguous_to_category_id, args.out_dir,
                                   score_thresh=thresh, max_dets=args.max_dets, device=loaded.device,
                                   run_info=loaded.prediction_identity(args.recipe))
-    except ValueError as exc:  # out_dir holds another run's predictions: say so, keep them
-        if "existing run" not in str(exc):
-            raise
+    except RunMismatchError as exc:  # out_dir holds another run's predictions: say so, keep them
         raise UserError(str(exc)) from None
     for kind, m in res.metrics.items():
         print(f"{kind}: AP {m.AP:.1f}  AP50 {m.AP50:.1f}  AP75 {m.AP75:.1f}  "
