@@ -238,10 +238,9 @@ def build_pipeline(base: Pipeline, recipe: Union[str, Sequence[str]], device: Op
         info["runtime"] = apply_in_process(runtime, dev)
     if "fold_bn" in names:
         info["folded_bn"] = fold_frozen_bn(model)
-    if "half" in names and "mixed_half" in names:
-        raise ValueError("switches 'half' (the whole network) and 'mixed_half' exclude each other")
-    if "half" in names and "half_towers" in names:
-        raise ValueError("switches 'half' (the whole network) and 'half_towers' exclude each other")
+    for part in ("mixed_half", "half_towers"):
+        if "half" in names and part in names:
+            raise ValueError(f"switches 'half' (the whole network) and {part!r} exclude each other")
     if "mixed_half" in names:
         half = getattr(torch, half_dtype(dev))
         model.backbone = HalfIO(model.backbone, half)

@@ -143,7 +143,7 @@ class Pipeline:
         shrink = nh < h or nw < w
         if image.dtype == torch.uint8 and image.device.type == "cpu":
             # the CPU's vectorised uint8 kernel (channels-last input): PIL's own arithmetic, the
-            # same filter and rounding, so the result is within 1 grey level of PIL's and faster
+            # same filter and rounding, so the result is within 2 grey levels of PIL's and faster
             # than the float path (which also needs 3 float copies of the picture)
             x = image[None].contiguous(memory_format=torch.channels_last)
             x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=shrink)

@@ -210,6 +210,9 @@ def paired_chain_table(stages: Sequence[str], comparisons: Mapping[str, Mapping[
             return float("nan")
         return float(c[key] if isinstance(c, Mapping) else getattr(c, key))
 
+    def ci(name: str) -> str:
+        return f"{get(name, 'ci_low'):.2f}-{get(name, 'ci_high'):.2f}" if name in comparisons else "not paired"
+
     rows = []
     for i, st in enumerate(stages):
         if i == 0:
@@ -222,11 +225,9 @@ def paired_chain_table(stages: Sequence[str], comparisons: Mapping[str, Mapping[
         rows.append({
             "stage": st,
             "vs previous": get(prev, "median_speedup"),
-            "vs previous CI": (f"{get(prev, 'ci_low'):.2f}-{get(prev, 'ci_high'):.2f}" if prev in comparisons
-                               else "not paired"),
+            "vs previous CI": ci(prev),
             f"vs {ref}": med_b,
-            f"vs {ref} CI": (f"{get(base, 'ci_low'):.2f}-{get(base, 'ci_high'):.2f}" if base in comparisons
-                             else "not paired"),
+            f"vs {ref} CI": ci(base),
             "paired_ms": float(baseline_ms) / med_b if med_b == med_b and med_b > 0 else float("nan"),
         })
     return pd.DataFrame(rows)
