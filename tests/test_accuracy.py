@@ -20,6 +20,7 @@ from blendstudy.accuracy import (
     detections_to_coco,
     evaluate_coco,
     match_instances,
+    resize_difference,
     run_coco_evaluation,
 )
 from blendstudy.masks import decode_rle
@@ -412,3 +413,25 @@ def test_run_coco_evaluation_resumes_only_the_same_pipeline(small_gt, tmp_path):
     assert fresh.metrics["bbox"].AP == pytest.approx(100.0)
     with pytest.raises(ValueError, match="on_mismatch"):
         _run(small_gt, out, _make_predict(small_gt, []), on_mismatch="ignore")
+
+
+class _Resizer:
+    def __init__(self, fn):
+        self.resize = fn
+
+
+def test_resize_difference_in_grey_levels():
+    image = np.zeros((2, 3, 3), dtype=np.uint8)
+    ref = _Resizer(lambda im: torch.zeros((3, 2, 2), dtype=torch.uint8))
+    # one value off by 2, one by 1 (of 12): mean 0.25, max 2, 2/12 differ
+    got = torch.zeros((3, 2, 2))
+    got[0, 0, 0], got[2, 1, 1] = 2.0, -1.0
+    cand = _Resizer(lambda im: got)
+    (row,) = resize_difference(ref, cand, {"x.png": image})
+    assert row["image"] == "x.png" and row["size"] == "2x2"
+    assert row["mean"] == pytest.approx(0.25) and row["max"] == 2.0
+    assert row["differs"] == pytest.approx(2 / 12)
+    assert row["p99"] == pytest.approx(np.percentile([0] * 10 + [1, 2], 99))
+    other = _Resizer(lambda im: torch.zeros((3, 2, 3)))
+    with pytest.raises(ValueError, match="x.png"):
+        resize_difference(ref, other, {"x.png": image})

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from blendstudy.accuracy import compare_runs
+from blendstudy.accuracy import compare_runs, resize_difference
 from blendstudy.data.images import read_image
 from blendstudy.model.layers import ConvNorm
 from blendstudy.optimize import (
@@ -283,7 +283,7 @@ def test_device_resize_is_close_to_pil_when_enlarging(base, images):
     assert pipe.options.resize == "device"
     small = np.asarray(Image.fromarray(images[IMAGES[0]]).resize((240, 180), Image.BILINEAR))
     x = pipe.resize_device(pipe.to_device(pipe.resize_cpu(small)))
-    assert x.dtype == torch.float32
+    assert x.dtype == (torch.uint8 if pipe.device.type == "cpu" else torch.float32)
     assert tuple(x.shape[-2:]) == base.target_size(180, 240) == (256, 341)
     ref, got = base(small), pipe(small)
     rep = compare_runs({"small": ref}, {"small": got})
@@ -302,6 +302,11 @@ def _pil_vs_device_pixels(base, image):
 
 def test_device_resize_is_close_to_pil_when_shrinking(base, images):
     assert _pil_vs_device_pixels(base, images[IMAGES[0]]) < 1.0
+    # what the P0 notebook shows: PIL's pictures against the device's, in grey levels
+    rows = resize_difference(base, build_pipeline(base, ["device_resize"]), {n: images[n] for n in IMAGES})
+    assert [r["image"] for r in rows] == IMAGES
+    for r in rows:
+        assert 0 < r["mean"] < 1.0 and r["max"] <= 2.0 and 0 < r["differs"] < 0.5
 
 
 def test_cpu_device_resize_works_on_uint8_like_pil(base, images):
@@ -310,14 +315,30 @@ def test_cpu_device_resize_works_on_uint8_like_pil(base, images):
     image = images[IMAGES[0]]
     pil = torch.from_numpy(base.resize_cpu(image).astype(np.float32)).permute(2, 0, 1)
     dev = pipe.resize_device(pipe.to_device(image))
-    assert dev.dtype == torch.float32 and dev.is_contiguous()
-    assert torch.equal(dev, dev.round())  # whole grey levels
+    assert dev.dtype == torch.uint8  # whole grey levels, converted by normalize_pad
     diff = (pil - dev).abs()
     assert diff.max().item() <= 2.0 and diff.mean().item() < 0.2
     # the float path (what other devices run) is further from PIL
     x = pipe.to_device(image).float()[None]
     f = F.interpolate(x, size=tuple(dev.shape[-2:]), mode="bilinear", align_corners=False, antialias=True)[0]
     assert (pil - f).abs().mean().item() > diff.mean().item()
+
+
+def test_cpu_device_resize_reads_the_picture_in_place_and_normalises_uint8_exactly(base, images):
+    """The CPU path: the HWC array is viewed, not copied; the uint8 resize output goes straight
+    into normalize_pad, which gives the batch float(x) - mean would, bit for bit."""
+    pipe = build_pipeline(base, ["device_resize", "channels_last"])
+    image = np.ascontiguousarray(images[IMAGES[0]])
+    t = pipe.to_device(image)
+    if pipe.model.input_format == "BGR":
+        assert t.data_ptr() == image.ctypes.data  # no copy
+    assert tuple(t.shape) == (3,) + image.shape[:2]
+    small = pipe.resize_device(t)
+    batch, size = pipe.normalize_pad(small)
+    ref, ref_size = pipe.normalize_pad(small.float().contiguous())
+    assert size == ref_size and batch.dtype == ref.dtype == torch.float32
+    assert torch.equal(batch, ref)
+    assert batch.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_raw_masks_paste_on_demand(base, images, reference):

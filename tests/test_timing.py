@@ -10,10 +10,13 @@ import numpy as np
 import pytest
 
 from blendstudy.timing import (
+    LatencyRun,
     LatencyStats,
     bootstrap_median_ci,
     measure_latency,
+    median_input,
     paired_compare,
+    tail_breakdown,
 )
 
 
@@ -69,6 +72,37 @@ def test_measure_latency_sequence_labels_and_validation():
     assert run.labels == ["0", "1"] and run.warmup_ms == []
     with pytest.raises(ValueError):
         measure_latency(lambda x: None, [], "cpu", progress=False)
+
+
+def _run(samples, labels):
+    return LatencyRun(samples_ms=list(samples), labels=list(labels), first_call_ms=0.0, warmup_ms=[],
+                      stats=LatencyStats.from_samples(samples))
+
+
+def test_tail_breakdown_separates_the_pictures_from_the_jitter():
+    # 4 pictures x 3 repeats: medians 10, 11, 12, 20 ("d" costs more: content); one 30 ms spike
+    # on "a" (jitter) that the per-picture medians leave out
+    labels = ["a", "b", "c", "d"] * 3
+    samples = [10, 11, 12, 20, 30, 11, 12, 20, 10, 11, 12, 20]
+    run = _run(samples, labels)
+    assert median_input(run) == "b"  # medians 10, 11, 12, 20: centre 11.5, "b" (first of the two)
+    control = _run([11, 11, 11, 11, 22], ["b"] * 5)
+    t = tail_breakdown(run, control)
+    assert t.calls == 12 and t.inputs == 4
+    assert t.p50_ms == pytest.approx(np.percentile(samples, 50))
+    assert t.p99_over_p50 == pytest.approx(np.percentile(samples, 99) / np.percentile(samples, 50))
+    # per-picture medians 10, 11, 12, 20: p50 11.5; p99 at position 2.97 -> 12 + 0.97 * 8
+    assert t.content_p50_ms == pytest.approx(11.5)
+    assert t.content_p99_ms == pytest.approx(19.76)
+    assert t.content_p99_over_p50 == pytest.approx(19.76 / 11.5)
+    assert (t.slowest_input, t.slowest_input_ms) == ("d", 20.0)
+    # control: p50 11; p99 at position 3.96 -> 11 + 0.96 * 11
+    assert t.control_input == "b" and t.control_calls == 5
+    assert t.control_p99_over_p50 == pytest.approx((11 + 0.96 * 11) / 11)
+    json.dumps(t.to_dict())
+    assert tail_breakdown(run).control_p99_over_p50 is None
+    with pytest.raises(ValueError, match="one input"):
+        tail_breakdown(run, run)
 
 
 # The "work" is sleeping: the tests run on 2 CPU cores shared with other jobs, where CPU-bound

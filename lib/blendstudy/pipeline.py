@@ -123,31 +123,37 @@ class Pipeline:
         """HWC uint8 -> CHW on the device (uint8 when the device resizes: 4x less to copy)."""
         if self.model.input_format == "RGB":
             image = image[:, :, ::-1]
+        if self.options.resize == "device" and self.device.type == "cpu":
+            # the HWC array seen as CHW with channels-last strides: no copy (the uint8 resize
+            # reads channels-last anyway; a CHW copy would be converted back to it)
+            return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
         t = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
         if self.options.resize == "device":
             return t.to(self.device, non_blocking=True)
         return t.to(self.device, non_blocking=True).float()
 
     def resize_device(self, image: torch.Tensor) -> torch.Tensor:
-        """Bilinear (half-pixel centres) on the device; float CHW out. When shrinking, the filter
+        """Bilinear (half-pixel centres) on the device; CHW out. When shrinking, the filter
         widens with the scale (antialias) as PIL's BILINEAR does; without it a 3840x2304 picture
         aliases badly. Where the device lacks the antialiased kernel, plain bilinear is used.
-        On the CPU the uint8 picture is resized as uint8 (rounded to grey levels, as PIL does);
-        elsewhere in float."""
+        On the CPU the uint8 picture is resized as uint8 and stays uint8 (whole grey levels, as
+        PIL gives; channels-last strides): normalize_pad converts it while it normalises.
+        Elsewhere in float, float out."""
         if self.options.resize != "device":
             return image
         h, w = image.shape[-2:]
         nh, nw = self.target_size(h, w)
+        cpu_uint8 = image.dtype == torch.uint8 and image.device.type == "cpu"
         if (nh, nw) == (h, w):
-            return image.float()
+            return image if cpu_uint8 else image.float()
         shrink = nh < h or nw < w
-        if image.dtype == torch.uint8 and image.device.type == "cpu":
+        if cpu_uint8:
             # the CPU's vectorised uint8 kernel (channels-last input): PIL's own arithmetic, the
             # same filter and rounding, so the result is within 2 grey levels of PIL's and faster
             # than the float path (which also needs 3 float copies of the picture)
             x = image[None].contiguous(memory_format=torch.channels_last)
             x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=shrink)
-            return x[0].float().contiguous()
+            return x[0]
         x = image.float()
         if shrink and _antialias_supported(x.device):
             try:
@@ -159,14 +165,16 @@ class Pipeline:
 
     def normalize_pad(self, image: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
         """(x - mean) / std, zero-pad bottom/right to the pad multiple. Returns the (1, 3, H', W')
-        batch in the compute dtype and the unpadded size (h, w)."""
+        batch in the compute dtype and the unpadded size (h, w). `image`: float, or uint8 (the
+        CPU's device resize), converted by the subtraction itself: float(x) - mean either way."""
         c, h, w = image.shape[-3:]
         m = self.pad_multiple
         ph, pw = ops.ceil_to_multiple(h, m), ops.ceil_to_multiple(w, m)
         # written in place into the padded (and, with channels_last, NHWC) batch: one picture-sized
         # allocation instead of four; the same two float ops, so the same values
         fmt = torch.channels_last if self.options.channels_last else torch.contiguous_format
-        x = torch.empty((1, c, ph, pw), dtype=image.dtype, device=image.device, memory_format=fmt)
+        dt = torch.promote_types(image.dtype, self.model.pixel_mean.dtype)
+        x = torch.empty((1, c, ph, pw), dtype=dt, device=image.device, memory_format=fmt)
         if ph > h:
             x[:, :, h:, :].zero_()
         if pw > w:
@@ -178,8 +186,13 @@ class Pipeline:
             x = x.to(self.dtype)
         return x, (int(h), int(w))
 
+    def resize(self, image: np.ndarray) -> torch.Tensor:
+        """The resized CHW picture on the device, before normalisation (float, or uint8 from the
+        CPU's device resize): resize_cpu -> to_device -> resize_device."""
+        return self.resize_device(self.to_device(self.resize_cpu(image)))
+
     def prepare(self, image: np.ndarray) -> Tuple[torch.Tensor, Tuple[int, int]]:
-        return self.normalize_pad(self.resize_device(self.to_device(self.resize_cpu(image))))
+        return self.normalize_pad(self.resize(image))
 
     # ---- network --------------------------------------------------------------------------
     def head_in_float(self, head: HeadOutputs) -> HeadOutputs:

@@ -183,6 +183,76 @@ def measure_latency(
     )
 
 
+# ----------------------------------------------------------------------------- the tail
+
+
+def median_input(run: LatencyRun) -> str:
+    """The label of the input whose median latency is closest to the median of all inputs'
+    medians (the first such in input order): the typical picture of a run."""
+    med = run.per_input_median_ms()
+    centre = float(np.median(list(med.values())))
+    return min(med, key=lambda k: abs(med[k] - centre))
+
+
+@dataclass
+class TailBreakdown:
+    """Where a run's tail (P99/P50) comes from. All times in ms.
+
+    p99_over_p50:          the run's own tail, over all its calls (what the study reports).
+    content_p99_over_p50:  the same ratio over the per-input medians: what the pictures themselves
+                           cost more or less (their size after resizing, their detections), with
+                           the repeats' jitter taken out.
+    control_p99_over_p50:  the tail of ONE input called as many times in a row (the control run,
+                           typically the run's median input): nothing content-dependent in it,
+                           so it is the machine's jitter floor at this latency. None without one.
+    slowest_input:         the input with the highest median.
+    """
+
+    calls: int
+    p50_ms: float
+    p99_ms: float
+    p99_over_p50: float
+    inputs: int
+    content_p50_ms: float
+    content_p99_ms: float
+    content_p99_over_p50: float
+    slowest_input: str
+    slowest_input_ms: float
+    control_input: Optional[str] = None
+    control_calls: Optional[int] = None
+    control_p50_ms: Optional[float] = None
+    control_p99_ms: Optional[float] = None
+    control_p99_over_p50: Optional[float] = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        from blendstudy.report import to_jsonable
+
+        return to_jsonable(self)
+
+
+def tail_breakdown(run: LatencyRun, control: Optional[LatencyRun] = None) -> TailBreakdown:
+    """Split a latency run's P99/P50 into the content's part (per-input medians) and, given a
+    `control` run of one input repeated, the machine's jitter floor."""
+    med = run.per_input_median_ms()
+    values = np.asarray(list(med.values()), dtype=np.float64)
+    c50, c99 = (float(v) for v in np.percentile(values, [50, 99]))
+    slowest = max(med, key=med.get)
+    out = TailBreakdown(calls=run.stats.n, p50_ms=run.stats.p50, p99_ms=run.stats.p99,
+                        p99_over_p50=run.stats.p99 / run.stats.p50, inputs=len(med), content_p50_ms=c50,
+                        content_p99_ms=c99, content_p99_over_p50=c99 / c50, slowest_input=slowest,
+                        slowest_input_ms=med[slowest])
+    if control is not None:
+        names = sorted(set(control.labels))
+        if len(names) != 1:
+            raise ValueError(f"the control run must repeat one input, it has {len(names)}: {names[:5]}")
+        out.control_input = names[0]
+        out.control_calls = control.stats.n
+        out.control_p50_ms = control.stats.p50
+        out.control_p99_ms = control.stats.p99
+        out.control_p99_over_p50 = control.stats.p99 / control.stats.p50
+    return out
+
+
 # ----------------------------------------------------------------------------- paired comparison
 
 
