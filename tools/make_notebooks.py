@@ -382,9 +382,10 @@ P0 = stage_notebook("p0", "baseline", "p0_resize", '''
 The seed's profile put **34.8 ms** of the 144 ms baseline in `ResizeShortestEdge.apply_image()`:
 a CPU resize of the full-size uint8 picture before it ever reaches the device. P0 uploads the
 uint8 picture as it is (4× fewer bytes than float) and resizes on the device with bilinear
-`F.interpolate` (half-pixel centres, no antialias). Seed: **144.0 → 95.9 ms (−33.4 %)**. Seed 001
-made the same move with torchvision's functional transforms on a GPU: pre-processing 13.45 → 1.75 ms
-at 1333×800 and 128.44 → 11.02 ms at 3840×2304.
+`F.interpolate` (half-pixel centres; when shrinking, the filter widens with the scale, as PIL's
+does). Seed: **144.0 → 95.9 ms (−33.4 %)**. Seed 001 made the same move with torchvision's
+functional transforms on a GPU: pre-processing 13.45 → 1.75 ms at 1333×800 and 128.44 → 11.02 ms
+at 3840×2304.
 
 The price is accuracy, a little: PIL's / OpenCV's bilinear on uint8 and `F.interpolate` on float
 differ by rounding, so boxes move slightly — the seed measured box IoU **0.9972** and score
