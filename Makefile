@@ -3,29 +3,52 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PARAMS ?= params/default.yaml
-PROFILE ?= cpu
+
+# The environment profile (npu, cuda or cpu): PROFILE=... when given, else detected from the machine by
+# env/detect_profile.py (stdlib only, runs before the venv exists). Printed as the first line of output.
+DETECTED := $(shell $(PYTHON) env/detect_profile.py --make $(if $(PROFILE),--profile '$(PROFILE)'))
+ifeq ($(strip $(DETECTED)),)
+$(error cannot pick a profile: '$(PYTHON) env/detect_profile.py' failed (PYTHON=$(PYTHON); PROFILE must be npu, cuda or cpu))
+endif
+override PROFILE := $(firstword $(DETECTED))
+$(info profile: $(PROFILE) ($(wordlist 2,999,$(DETECTED))))
+
+STAMP       := $(VENV)/.installed
+REQUIRE     := env/requirements-$(PROFILE).txt
+CONSTRAINTS := $(wildcard env/constraints-$(PROFILE).txt)
 
 .PHONY: help venv test lint reproduce lab tiny-model clean
 
 help:
 	@echo "make test                       create .venv, lint, run the test suite (includes notebooks on params/ci.yaml)"
 	@echo "make reproduce [PARAMS=...]     run every notebook with papermill into artifacts/<params name>/"
-	@echo "make lab                        JupyterLab on notebooks/"
+	@echo "make lab                        JupyterLab on notebooks/ (jupytext pairs .ipynb with .py:percent)"
 	@echo "make tiny-model                 retrain the embedded default checkpoint from scratch"
+	@echo "PROFILE=npu|cuda|cpu            force the environment profile (default: detected, see env/README.md)"
+	@echo "PYTHON=... VENV=...             the interpreter that creates the venv, and where it goes"
 
-$(VENV)/.installed: env/requirements-$(PROFILE).txt pyproject.toml
+# A venv belongs to one profile: its stamp holds the profile's name (an empty stamp predates this rule).
+define check_stamp
+@if [ -s $(STAMP) ] && [ "$$(cat $(STAMP))" != "$(PROFILE)" ]; then \
+  echo "$(VENV) was installed for profile $$(cat $(STAMP)), not $(PROFILE): run 'make clean', or use VENV=.venv-$(PROFILE)"; \
+  exit 1; \
+fi
+endef
+
+# pip, setuptools and wheel are upgraded first: a fresh Python 3.9 venv has setuptools 58, which cannot
+# make the PEP 660 editable install (`pip install -e .` needs setuptools >= 64).
+$(STAMP): $(REQUIRE) $(CONSTRAINTS) pyproject.toml
+	$(check_stamp)
+	@$(PYTHON) env/detect_profile.py --fit --profile $(PROFILE)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	@if [ -f env/constraints-$(PROFILE).txt ]; then \
-	  $(PY) -m pip install -q -r env/requirements-$(PROFILE).txt -c env/constraints-$(PROFILE).txt; \
-	else \
-	  $(PY) -m pip install -q -r env/requirements-$(PROFILE).txt; \
-	fi
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q -r $(REQUIRE) $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
-	touch $@
+	echo $(PROFILE) > $@
 
-venv: $(VENV)/.installed
+venv: $(STAMP)
+	$(check_stamp)
 
 lint: venv
 	$(VENV)/bin/ruff check lib tests
@@ -36,8 +59,12 @@ test: venv lint
 reproduce: venv
 	$(PY) -m blendstudy reproduce --params $(PARAMS)
 
+# jupytext's server extension (jupyterlab_jupytext, enabled by its install) makes JupyterLab open the
+# paired .py:percent files as notebooks and save both; it reads jupytext.toml only up to the server's
+# root, so the root is the repo and the page opens on notebooks/. Root (containers) needs --allow-root.
 lab: venv
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/notebooks \
+	  $(if $(filter 0,$(shell id -u 2>/dev/null)),--allow-root)
 
 tiny-model: venv
 	$(PY) -m blendstudy.train --recipe tiny --out lib/blendstudy/weights/tiny_synthetic.pth

@@ -1,4 +1,5 @@
-"""Accuracy instruments: run-vs-run comparison, COCO evaluation, resumable COCO runs."""
+"""Accuracy instruments: run-vs-run agreement (the gate), COCO conversion and evaluation, resumable COCO
+runs (blendstudy.measure.agreement, blendstudy.coco)."""
 
 from __future__ import annotations
 
@@ -11,19 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from blendstudy.accuracy import (
-    AccuracyReport,
-    RunMismatchError,
-    box_iou_matrix,
-    coco_from_dict,
-    compare_runs,
-    detections_to_coco,
-    evaluate_coco,
-    match_instances,
-    resize_difference,
-    run_coco_evaluation,
-)
+from blendstudy.coco.convert import coco_from_dict, detections_to_coco
+from blendstudy.coco.evaluate import compare_ap, evaluate_coco
+from blendstudy.coco.run import RunMismatchError, run_coco_evaluation
 from blendstudy.masks import decode_rle
+from blendstudy.measure.agreement import AccuracyReport, box_iou_matrix, compare_runs, match_instances
+from blendstudy.measure.pixels import resize_difference
 from blendstudy.structures import Detections
 
 
@@ -217,7 +211,7 @@ def gt_dataset(gt, tmp_path):
 
 def test_gate_with_ground_truth_identical_runs(gt, gt_dataset):
     run = {f"{i}.png": _gt_detections(gt, i) for i in (1, 2)}
-    rep = compare_runs(run, dict(run), ground_truth=gt_dataset)
+    rep = compare_runs(run, dict(run), ap=compare_ap(run, dict(run), gt_dataset))
     assert rep.ap is not None and rep.ap.images == 2
     assert rep.ap.ref == rep.ap.test == {"bbox": pytest.approx(100.0), "segm": pytest.approx(100.0)}
     assert rep.ap.change == {"bbox": 0.0, "segm": 0.0}
@@ -228,7 +222,7 @@ def test_gate_fails_on_an_ap_change_the_instance_check_lets_through(gt, gt_datas
     ref = {f"{i}.png": _gt_detections(gt, i) for i in (1, 2)}
     # a 4 px shift: box IoU 0.818 per instance, AP 100 -> 70 (see test_coco_ap_shifted_predictions)
     test = {f"{i}.png": _gt_detections(gt, i, shift=4) for i in (1, 2)}
-    rep = compare_runs(ref, test, ground_truth=gt_dataset)
+    rep = compare_runs(ref, test, ap=compare_ap(ref, test, gt_dataset))
     assert rep.ap.change["bbox"] == pytest.approx(-30.0) and rep.ap.change["segm"] == pytest.approx(-30.0)
     assert rep.passes_gate(min_mean_iou=0.8, max_ap_change=None)  # the instances alone pass at 0.8
     assert not rep.passes_gate(min_mean_iou=0.8)  # the default AP bound is the issue's 0.3 points
@@ -241,16 +235,16 @@ def test_gate_fails_on_an_ap_change_the_instance_check_lets_through(gt, gt_datas
 def test_gate_ap_without_masks_is_bbox_only_and_unknown_images_are_named(gt, gt_dataset):
     plain = {f"{i}.png": make_det(_gt_detections(gt, i).boxes.tolist(), [0.9] * len(_gt_detections(gt, i)),
                                   _gt_detections(gt, i).classes.tolist(), size=(100, 100)) for i in (1, 2)}
-    rep = compare_runs(plain, plain, ground_truth=gt_dataset)
+    rep = compare_runs(plain, plain, ap=compare_ap(plain, plain, gt_dataset))
     assert set(rep.ap.ref) == {"bbox"}
     with pytest.raises(ValueError, match="bench.json.*9.png"):
-        compare_runs({"9.png": plain["1.png"]}, {"9.png": plain["1.png"]}, ground_truth=gt_dataset)
+        compare_ap({"9.png": plain["1.png"]}, {"9.png": plain["1.png"]}, gt_dataset)
 
 
 def test_accuracy_report_round_trips_through_json(gt, gt_dataset):
     ref = {f"{i}.png": _gt_detections(gt, i) for i in (1, 2)}
     test = {f"{i}.png": _gt_detections(gt, i, shift=4) for i in (1, 2)}
-    rep = compare_runs(ref, test, ground_truth=gt_dataset)
+    rep = compare_runs(ref, test, ap=compare_ap(ref, test, gt_dataset))
     back = AccuracyReport.from_dict(json.loads(json.dumps(rep.to_dict())))
     assert back.ap.change == pytest.approx(rep.ap.change)
     assert back.mean_box_iou == pytest.approx(rep.mean_box_iou)

@@ -1,9 +1,11 @@
 """The CLI as a user runs it: predict over mixed good/bad inputs, the weight check, clear errors."""
 
 import json
+from pathlib import Path
 
 import pytest
 
+import blendstudy.config
 from blendstudy.cli import main
 from blendstudy.data.synthetic import write_bad_images
 from conftest import SHARED_FIXTURES
@@ -67,13 +69,15 @@ def test_weights_check_passes_and_fails(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, needle", [
-    (["predict", "--config", "BlendMask/R_101_dcni3_5x", "--output-json", "x.json", "in.png"], "deformable"),
+    (["predict", "--config", "fcos_dcn.yaml", "--output-json", "x.json", "in.png"], "deformable FCOS towers"),
     (["predict", "--config", "BlendMask/R_50_1x", "--device", "npu", "--output-json", "x.json", "in.png"], "npu"),
     (["weights", "--config", "BlendMask/R_50_1x", "--weights", "/nonexistent/w.pth"], "/nonexistent/w.pth"),
 ])
 def test_user_errors_are_one_line(tmp_path, capsys, monkeypatch, argv, needle):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "in.png").write_bytes((FIXTURE / "images" / "img0.png").read_bytes())
+    base = Path(blendstudy.config.__file__).parent / "configs" / "BlendMask" / "R_50_1x.yaml"
+    (tmp_path / "fcos_dcn.yaml").write_text(f"_BASE_: {base}\nMODEL:\n  FCOS:\n    USE_DEFORMABLE: True\n")
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("blendstudy: ") and needle in err

@@ -11,7 +11,7 @@ import pytest
 
 from blendstudy import pipeline as pipeline_mod
 from blendstudy.cli import main
-from blendstudy.profile import STAGES
+from blendstudy.pipeline import STAGES
 from conftest import shared_fixture
 
 SMALL_CONFIG = """_BASE_: {base}

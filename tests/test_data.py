@@ -49,7 +49,7 @@ def bad(tmp_path_factory) -> Dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def small_ds(tmp_path_factory):
-    """8 pictures of 240x320 with 4..8 objects: occlusion, rings and polygons all occur."""
+    """8 images of 240x320 with 4..8 objects: occlusion, rings and polygons all occur."""
     out = tmp_path_factory.mktemp("syn")
     return generate_synthetic_coco(out, 8, seed=3, image_size=[(240, 320), (200, 180)], objects_per_image=(4, 8))
 
@@ -188,7 +188,7 @@ def test_synthetic_is_byte_identical_per_seed(tmp_path):
     assert len(da) == 4 and da == db
     assert set(da) == set(dc)
     assert all(da[k] != dc[k] for k in da)
-    # picture i depends on (seed, i) only, not on how many pictures are generated
+    # image i depends on (seed, i) only, not on how many images are generated
     d = generate_synthetic_coco(tmp_path / "d", 1, seed=7, **kwargs)
     assert _tree_digest(d.image_dir) == {k.split("/", 1)[1]: v for k, v in da.items() if k.startswith("train/")
                                          and k.endswith("000001.png")}
@@ -258,7 +258,7 @@ def test_synthetic_object_sizes_and_colours():
     assert spread and max(spread) > 60  # the same class comes in very different colours
 
 
-def test_synthetic_large_picture(tmp_path):
+def test_synthetic_large_image(tmp_path):
     ds = generate_synthetic_coco(tmp_path / "big", 1, seed=0, image_size=(2304, 3840), objects_per_image=(3, 3))
     coco = CocoDataset(ds.ann_file, ds.image_dir)
     info = coco.image_info(1)

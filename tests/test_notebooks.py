@@ -1,60 +1,85 @@
-"""The study's notebooks as a user meets them: committed clean, regenerable, and runnable end to end.
+"""The study's notebooks as a user meets them: jupytext pairs, committed clean, small, and runnable.
 
-(a) every notebook is committed without outputs and has exactly one `parameters` cell;
-(b) tools/make_notebooks.py regenerates the committed files byte for byte;
-(c) the whole study runs on params/ci.yaml through blendstudy.reproduce.run_study and every notebook
-    writes its results JSON (slow: a few minutes on 2 cores; still part of `make test`).
+(a) every notebook is a pair -- notebooks/<name>.py (py:percent, the source) and <name>.ipynb
+    (committed without outputs) -- in sync, with exactly one `parameters` cell;
+(b) a save through jupytext's contents manager (what JupyterLab uses under `make lab`) writes both;
+(c) cells are calls and displays: no code cell over 12 lines, all notebooks under 300 lines of code;
+(d) the whole study runs on params/ci.yaml through blendstudy.study.runner.run_study, every notebook
+    writes its results JSON, and every measurement states a non-interactive worker process.
 """
 
-import importlib.util
 import json
+import shutil
 from pathlib import Path
 
+import jupytext
 import nbformat
 import pytest
 
-from blendstudy.reproduce import NOTEBOOKS, STAGE_NOTEBOOKS, StudyError, run_study
+from blendstudy.study.protocol import NOTEBOOKS, STAGE_NOTEBOOKS
+from blendstudy.study.runner import StudyError, run_study
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "notebooks"
 
 
-def _generator():
-    spec = importlib.util.spec_from_file_location("make_notebooks", ROOT / "tools" / "make_notebooks.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def _code(nb):
+    return [c for c in nb.cells if c.cell_type == "code"]
 
 
-def test_the_study_has_exactly_its_notebooks():
+def test_the_study_has_exactly_its_notebooks_as_pairs():
     assert sorted(p.stem for p in NOTEBOOK_DIR.glob("*.ipynb")) == sorted(NOTEBOOKS)
+    assert sorted(p.stem for p in NOTEBOOK_DIR.glob("*.py")) == sorted(NOTEBOOKS)
+    assert 'formats = "ipynb,py:percent"' in (ROOT / "jupytext.toml").read_text()
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_notebook_is_committed_clean_with_one_parameters_cell(name):
+def test_pair_is_in_sync_clean_with_one_parameters_cell(name):
     nb = nbformat.read(str(NOTEBOOK_DIR / f"{name}.ipynb"), as_version=4)
     nbformat.validate(nb)
+    twin = jupytext.read(NOTEBOOK_DIR / f"{name}.py")
+    assert [(c.cell_type, c.source) for c in nb.cells] == [(c.cell_type, c.source) for c in twin.cells], (
+        f"notebooks/{name}.py and .ipynb differ: run `jupytext --sync notebooks/{name}.py`")
     assert nb.metadata.kernelspec.name == "python3"
     tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1, f"{name}: {len(tagged)} cells tagged parameters"
+    assert [c for c in twin.cells if "parameters" in c.metadata.get("tags", [])][0].source == tagged[0].source
     assert tagged[0].cell_type == "code"
     # the embedded default: papermill with no parameters runs params/default.yaml
     assert 'params_file = "params/default.yaml"' in tagged[0].source
     assert "out_dir = None" in tagged[0].source
     assert nb.cells[0].cell_type == "markdown", f"{name}: the story comes first"
-    for cell in nb.cells:
-        if cell.cell_type == "code":
-            assert cell.outputs == [], f"{name}: a code cell has outputs"
-            assert cell.execution_count is None, f"{name}: a code cell has an execution count"
+    for cell in _code(nb):
+        assert cell.outputs == [], f"{name}: a code cell has outputs"
+        assert cell.execution_count is None, f"{name}: a code cell has an execution count"
 
 
-def test_generator_reproduces_the_committed_notebooks_byte_for_byte(tmp_path):
-    written = _generator().write_notebooks(tmp_path)
-    assert sorted(p.name for p in written) == sorted(f"{n}.ipynb" for n in NOTEBOOKS)
-    for path in written:
-        committed = NOTEBOOK_DIR / path.name
-        assert committed.read_bytes() == path.read_bytes(), (
-            f"{committed} differs from tools/make_notebooks.py: run `python tools/make_notebooks.py`")
+def test_cells_are_calls_and_displays():
+    total = 0
+    for name in NOTEBOOKS:
+        for cell in _code(jupytext.read(NOTEBOOK_DIR / f"{name}.py")):
+            lines = len(cell.source.splitlines())
+            assert lines <= 12, f"{name}: a code cell of {lines} lines is a library function waiting to be written"
+            total += lines
+    assert total < 300, f"{total} lines of code in the notebooks"
+
+
+def test_a_save_through_jupyterlabs_contents_api_writes_both_files(tmp_path):
+    """What `make lab` does on save: jupytext's contents manager writes the .ipynb AND its .py twin."""
+    import asyncio
+
+    from jupytext import AsyncTextFileContentsManager  # the manager jupytext's server extension installs
+
+    for f in ("jupytext.toml", "notebooks/p4_pad64.ipynb", "notebooks/p4_pad64.py"):
+        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / f, tmp_path / f)
+    cm = AsyncTextFileContentsManager(root_dir=str(tmp_path))
+    model = asyncio.run(cm.get("notebooks/p4_pad64.ipynb"))
+    model["content"].cells[-1].source += "\nprint('edited in JupyterLab')"
+    asyncio.run(cm.save(model, "notebooks/p4_pad64.ipynb"))
+    assert "print('edited in JupyterLab')" in (tmp_path / "notebooks/p4_pad64.py").read_text()
+    saved = nbformat.read(str(tmp_path / "notebooks/p4_pad64.ipynb"), as_version=4)
+    assert "print('edited in JupyterLab')" in saved.cells[-1].source
 
 
 def test_a_missing_path_stops_the_study_naming_the_parameter_and_the_cell(tmp_path):
@@ -80,7 +105,7 @@ def test_reproduce_cli_reports_a_missing_params_file(tmp_path, capsys):
     assert "nope.yaml" in capsys.readouterr().err
 
 
-STAGE_KEYS = {"stage", "latency", "first_call_ms", "samples_ms", "comparisons", "accuracy", "gate"}
+STAGE_KEYS = {"stage", "latency", "first_call_ms", "samples_ms", "comparisons", "accuracy", "gate", "recipes"}
 EXPECTED_KEYS = {
     "env_check": {"device", "npu", "environment"},
     "weights_check": {"weights", "random_weights", "check", "summary"},
@@ -90,9 +115,13 @@ EXPECTED_KEYS = {
     "p2_runtime": {"sweep", "best", "latency", "samples_ms", "accuracy", "gate"},
     "p3_compile": STAGE_KEYS | {"compile"},
     "p4_pad64": STAGE_KEYS | {"shapes", "dynamo_counters", "extras"},
+    "p6_offline": {"backends", "exports", "latency", "comparisons", "accuracy", "gate", "memory", "errors"},
     "p5_eval": {"metrics", "timing", "samples_ms", "num_images", "score_thresh", "max_dets", "evaluated"},
     "summary": {"versions", "chain", "accuracy", "coco", "notebooks"},
 }
+
+
+MEASURED = ("baseline", "p0_resize", "p1_decode", "p2_runtime", "p3_compile", "p4_pad64", "p6_offline")
 
 
 @pytest.mark.slow
@@ -111,6 +140,12 @@ def test_the_whole_study_runs_on_ci_params(tmp_path):
         assert not missing, f"{name}: results lack {sorted(missing)}"
         for figure in rec["figures"].values():
             assert (path.parent / figure).is_file(), f"{name}: figure {figure} missing"
+        if name in MEASURED:  # measured in a worker process that states itself
+            processes = rec["effective_runtime"]
+            assert processes, f"{name}: no effective_runtime"
+            for role, proc in processes.items():
+                assert proc["interactive"] is False, (name, role)
+                assert proc["torch_threads"] >= 1 and proc["cpu_affinity"], (name, role)
         records[name] = rec["extra"]
     for stage, name in STAGE_NOTEBOOKS.items():
         stats = records[name]["latency"][stage]
@@ -121,5 +156,15 @@ def test_the_whole_study_runs_on_ci_params(tmp_path):
     assert records["baseline"]["random_weights"] == records["weights_check"]["random_weights"]
     assert [row["stage"] for row in records["summary"]["chain"]] == list(STAGE_NOTEBOOKS)
     assert (run / "runtime" / "runtime_best.json").is_file()
+    # P2 is a real pair across two processes: the two sides ran in different workers
+    sides = json.loads((run / "results" / "p2_runtime.json").read_text())["effective_runtime"]
+    assert sides["p1 side"]["pid"] != sides["p2 side"]["pid"]
+    # every compile happened apart from the measured samples, with the recompile limit the shapes need
+    assert all(row["recompile limit"] >= 8 for row in records["p3_compile"]["compile"])
+    # P6: every offline backend measured (none failed to load) against the baseline and the fastest recipe
+    p6 = records["p6_offline"]
+    assert not p6["errors"] and {b["runtime"] for b in p6["backends"]} == {"onnxruntime", "openvino"}
+    assert all(f"{b['backend']} vs baseline" in p6["comparisons"] for b in p6["backends"])
+    assert {m["pipeline"] for m in p6["memory"]} >= {"baseline", "onnxruntime static", "openvino static"}
     report = (run / "report.html").read_text(encoding="utf-8")
     assert "Summary" in report and "data:image/png;base64" in report

@@ -657,7 +657,7 @@ def test_roi_sampler_slices_are_roi_align_bit_for_bit():
 
 
 def test_box_iou_matches_the_numpy_reference_and_hand_values():
-    from blendstudy.accuracy import box_iou_matrix
+    from blendstudy.measure.agreement import box_iou_matrix
 
     g = torch.Generator().manual_seed(9)
     xy = torch.rand(40, 2, generator=g) * 100

@@ -12,8 +12,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from blendstudy.accuracy import compare_runs, resize_difference
 from blendstudy.data.images import read_image
+from blendstudy.measure.agreement import compare_runs
+from blendstudy.measure.pixels import resize_difference
 from blendstudy.model.layers import ConvNorm
 from blendstudy.optimize import (
     BLEND_CHUNK,
@@ -38,6 +39,29 @@ IMAGES = ["img0.png", "img1.png", "img2.png"]
 
 
 # ---- recipes as data ----------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def avx512_cpu(monkeypatch):
+    """The switches' mechanics are tested as on a CPU with AVX-512 (bf16 switches applied); that a
+    CPU without it skips them with a reason is test_bf16_switches_skip_without_avx512."""
+    from blendstudy import device as devmod
+
+    monkeypatch.setattr(devmod, "cpu_capability", lambda: "AVX512")
+
+
+def test_bf16_switches_skip_without_avx512(monkeypatch):
+    from blendstudy import device as devmod
+    from blendstudy.predictor import load_pipeline
+
+    monkeypatch.setattr(devmod, "cpu_capability", lambda: "AVX2")
+    loaded = load_pipeline("BlendMask/Tiny_synthetic", "tiny_synthetic", "cpu")
+    pipe = build_pipeline(loaded.pipeline, "p4+mixed_half")
+    assert "no AVX-512" in pipe.recipe_info["skipped"]["mixed_half"]
+    assert not any(isinstance(m, HalfIO) for m in pipe.model.modules())
+    assert devmod.unsupported_switch(torch.device("cpu"), "fold_bn") is None
+
+
 @pytest.mark.parametrize("recipe", sorted(RECIPES))
 def test_recipe_switches_of_every_recipe(recipe):
     names = recipe_switches(recipe)
@@ -74,7 +98,7 @@ def test_stage_recipes_are_cumulative():
 def test_describe_recipes_rows():
     rows = describe_recipes()
     assert [r["recipe"] for r in rows] == STAGE_RECIPES
-    assert rows[0] == {"recipe": "baseline", "adds": "-", "stage": "-", "change": "reference"}
+    assert rows[0] == {"recipe": "baseline", "adds": "-", "stage": "-", "change": "reference", "skipped": "-"}
     for row, recipe in zip(rows[1:], STAGE_RECIPES[1:]):
         added = recipe_switches(recipe)[-1]
         assert row["adds"] == added
@@ -82,6 +106,21 @@ def test_describe_recipes_rows():
         assert row["change"] == SWITCHES[added].description
     extra = describe_recipes(["p4", "p4+half"])[1]
     assert extra["adds"] == "half" and extra["stage"] == "extra"
+    # a switch the device cannot run is named with its reason, not a crash
+    why = {"best_cpu": {"channels_last": "npu tensors must be contiguous"}}
+    assert describe_recipes(["best_cpu"], why)[0]["skipped"] == "channels_last: npu tensors must be contiguous"
+
+
+def test_a_switch_the_device_cannot_run_is_skipped_with_its_reason(monkeypatch):
+    from blendstudy import device as devmod
+    from blendstudy.predictor import load_pipeline
+
+    loaded = load_pipeline("BlendMask/Tiny_synthetic", "tiny_synthetic", "cpu")
+    monkeypatch.setattr(devmod, "unsupported_switch",
+                        lambda dev, name: "not on this device" if name == "channels_last" else None)
+    pipe = build_pipeline(loaded.pipeline, "p4+channels_last")
+    assert pipe.recipe_info["skipped"] == {"channels_last": "not on this device"}
+    assert pipe.options.channels_last is False
 
 
 def test_half_dtype():
@@ -275,7 +314,7 @@ def test_sync_free_decode_flags_a_too_small_candidate_set_and_falls_back(base, i
 
 
 def test_device_resize_is_close_to_pil_when_enlarging(base, images):
-    """The study's case (COCO's ~480x640 pictures enlarged to 800): bilinear either way."""
+    """The study's case (COCO's ~480x640 images enlarged to 800): bilinear either way."""
     from PIL import Image
 
     torch.manual_seed(0)
@@ -302,7 +341,7 @@ def _pil_vs_device_pixels(base, image):
 
 def test_device_resize_is_close_to_pil_when_shrinking(base, images):
     assert _pil_vs_device_pixels(base, images[IMAGES[0]]) < 1.0
-    # what the P0 notebook shows: PIL's pictures against the device's, in grey levels
+    # what the P0 notebook shows: PIL's images against the device's, in grey levels
     rows = resize_difference(base, build_pipeline(base, ["device_resize"]), {n: images[n] for n in IMAGES})
     assert [r["image"] for r in rows] == IMAGES
     for r in rows:
@@ -310,7 +349,7 @@ def test_device_resize_is_close_to_pil_when_shrinking(base, images):
 
 
 def test_cpu_device_resize_works_on_uint8_like_pil(base, images):
-    """On a CPU the picture is resized by the uint8 kernel: PIL's arithmetic, not float's."""
+    """On a CPU the image is resized by the uint8 kernel: PIL's arithmetic, not float's."""
     pipe = build_pipeline(base, ["device_resize"])
     image = images[IMAGES[0]]
     pil = torch.from_numpy(base.resize_cpu(image).astype(np.float32)).permute(2, 0, 1)
@@ -324,7 +363,7 @@ def test_cpu_device_resize_works_on_uint8_like_pil(base, images):
     assert (pil - f).abs().mean().item() > diff.mean().item()
 
 
-def test_cpu_device_resize_reads_the_picture_in_place_and_normalises_uint8_exactly(base, images):
+def test_cpu_device_resize_reads_the_image_in_place_and_normalises_uint8_exactly(base, images):
     """The CPU path: the HWC array is viewed, not copied; the uint8 resize output goes straight
     into normalize_pad, which gives the batch float(x) - mean would, bit for bit."""
     pipe = build_pipeline(base, ["device_resize", "channels_last"])

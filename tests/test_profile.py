@@ -9,12 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from blendstudy import profile as prof
 from blendstudy.data.images import read_image
-from blendstudy.optimize import build_pipeline
-from blendstudy.pipeline import Pipeline
-from blendstudy.predictor import load_pipeline
-from blendstudy.profile import (
+from blendstudy.measure import profile as prof
+from blendstudy.measure.profile import (
     STAGES,
     StageProfile,
     count_flops,
@@ -23,6 +20,9 @@ from blendstudy.profile import (
     profile_stages,
     profiled_call,
 )
+from blendstudy.optimize import build_pipeline
+from blendstudy.pipeline import Pipeline
+from blendstudy.predictor import load_pipeline
 from conftest import shared_fixture
 
 
@@ -80,7 +80,7 @@ def test_profile_stages_one_image(pipe, image_path):
     assert list(res.stage_ms) == STAGES and list(res.samples_ms) == STAGES
     assert all(len(v) == 1 for v in res.samples_ms.values())
     assert res.runs == 1
-    assert res.input_size == "640x480"  # width x height of the original picture
+    assert res.input_size == "640x480"  # width x height of the original image
     assert res.total_ms == pytest.approx(sum(res.stage_ms.values()))  # one run: median == the run
     assert res.end_to_end_ms > 0
     assert res.overhead_ms == pytest.approx(res.total_ms - res.end_to_end_ms)

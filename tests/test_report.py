@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import math
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from blendstudy.accuracy import AccuracyReport, CocoMetrics
+from blendstudy.coco.evaluate import CocoMetrics
+from blendstudy.measure.agreement import AccuracyReport, GateThresholds
+from blendstudy.measure.latency import LatencyStats
 from blendstudy.report import (
     accuracy_table,
     coco_table,
+    efficiency_table,
     latency_table,
     paired_chain_table,
     pct_change,
@@ -23,11 +22,8 @@ from blendstudy.report import (
     plot_speedup_waterfall,
     plot_stage_breakdown,
     stage_chain_table,
-    to_jsonable,
     to_markdown,
-    write_results,
 )
-from blendstudy.timing import LatencyStats
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -43,7 +39,7 @@ def test_pct_change():
 
 def test_latency_table():
     df = latency_table([("baseline", _stats(144.0)), ("P4", _stats(39.5))])
-    assert list(df.columns) == ["version", "latency_ms", "P50", "P90", "P99", "throughput", "improvement"]
+    assert list(df.columns) == ["recipe", "latency_ms", "P50", "P90", "P99", "throughput", "improvement"]
     assert list(df["improvement"]) == ["baseline", "-72.6%"]
     assert df["latency_ms"].tolist() == pytest.approx([144.0, 39.5])
     assert df["throughput"].tolist() == pytest.approx([1000 / 144.0, 1000 / 39.5])
@@ -51,7 +47,7 @@ def test_latency_table():
     df2 = latency_table([("a", _stats(100.0)), ("b", _stats(50.0))], baseline="b")
     assert list(df2["improvement"]) == ["+100.0%", "baseline"]
     md = to_markdown(df)
-    assert md.splitlines()[0].startswith("| version") and "-72.6%" in md
+    assert md.splitlines()[0].startswith("| recipe") and "-72.6%" in md
 
 
 def test_stage_chain_table():
@@ -63,7 +59,7 @@ def test_stage_chain_table():
 
 
 def test_paired_chain_table_carries_the_baseline_by_paired_ratios():
-    from blendstudy.timing import paired_compare
+    from blendstudy.measure.latency import paired_compare
 
     comps = {
         "p0 vs baseline": {"median_speedup": 1.25, "ci_low": 1.2, "ci_high": 1.3},
@@ -102,10 +98,14 @@ def _report(**kw) -> AccuracyReport:
 
 
 def test_accuracy_table():
-    df = accuracy_table({"npu vs cpu": _report(), "fp16 vs cpu": _report(lost_above=1, unmatched_ref=1)})
-    assert list(df["comparison"]) == ["npu vs cpu", "fp16 vs cpu"]
-    assert list(df["gate"]) == ["pass", "FAIL"]
-    assert df["lost_above_0.3"].tolist() == [0, 1]
+    reports = {"npu vs cpu": _report(), "fp16 vs cpu": _report(lost_above=1, unmatched_ref=1), "new": _report()}
+    for name in ("npu vs cpu", "fp16 vs cpu"):
+        reports[name].decide(GateThresholds())
+    df = accuracy_table(reports)
+    assert list(df["comparison"]) == ["npu vs cpu", "fp16 vs cpu", "new"]
+    # the table reads the verdict decided with the params' thresholds; it never decides one itself
+    assert list(df["gate"]) == ["pass", "FAIL", "undecided"]
+    assert df["lost_above_0.3"].tolist() == [0, 1, 0]
     assert "-" in to_markdown(df)  # the missing mask IoU
 
 
@@ -146,40 +146,8 @@ def test_plots_write_png(tmp_path):
     assert isinstance(out, Path) and _is_png(out)
 
 
-def test_to_jsonable():
-    @dataclasses.dataclass
-    class Row:
-        x: float
-        arr: np.ndarray
-
-    obj = {"row": Row(math.nan, np.arange(3)), "t": torch.tensor([1.5]), "p": Path("a/b"),
-           "n": np.float32(2.5), "s": {3, 1}, "dev": torch.device("cpu"), 4: (1, 2)}
-    out = to_jsonable(obj)
-    assert out == {"row": {"x": None, "arr": [0, 1, 2]}, "t": [1.5], "p": "a/b", "n": 2.5, "s": [1, 3],
-                   "dev": "cpu", "4": [1, 2]}
-    json.dumps(out)
-
-
-def test_write_results(tmp_path):
-    fig = plot_speedup_waterfall([("P0", 144.0), ("P4", 39.5)], tmp_path / "figs" / "w.png")
-    rec = write_results(tmp_path, "p5_coco", {"score_thresh": 0.3, "stats": _stats(10.0)},
-                        {"waterfall": fig}, device="cpu", extra={"metrics": _metrics("bbox", 38.0)})
-    path = tmp_path / "p5_coco.json"
-    on_disk = json.loads(path.read_text())
-    assert on_disk == rec
-    assert rec["name"] == "p5_coco" and rec["created_by"].startswith("blendstudy ")
-    assert rec["figures"] == {"waterfall": "figs/w.png"}
-    assert rec["params"]["stats"]["mean"] == pytest.approx(10.0)
-    assert rec["environment"]["device"] == "cpu" and "torch" in rec["environment"]
-    assert rec["extra"]["metrics"]["AP"] == 38.0
-    explicit = write_results(tmp_path / "out" / "named.json", "x", {}, {})
-    assert (tmp_path / "out" / "named.json").exists() and explicit["extra"] is None
-
-
 def test_efficiency_table_hand_computed():
-    from blendstudy.report import efficiency_table
-
     df = efficiency_table(2e9, 1e11, {"baseline": 100.0, "p4": 50.0})
-    assert list(df["version"]) == ["baseline", "p4"]
+    assert list(df["recipe"]) == ["baseline", "p4"]
     assert df["GFLOP/s"].tolist() == pytest.approx([20.0, 40.0])
     assert df["fraction of peak"].tolist() == pytest.approx([0.2, 0.4])

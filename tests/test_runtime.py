@@ -1,30 +1,26 @@
-"""blendstudy.runtime: the P2 candidates per device, applying a setting in-process, launching a
-setting in its own process, the sweep and its best setting written out."""
+"""blendstudy.runtime: the P2 candidates per device, applying a setting in-process, the environment a
+setting starts its worker with, and the best setting written out. (The sweep itself -- one worker per
+setting -- is tested in test_worker.py.)"""
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from blendstudy import runtime as rt
 from blendstudy.runtime import (
     RuntimeConfig,
     SweepResult,
     apply_in_process,
     best_of,
-    current_runtime,
-    launch,
     load_runtime,
-    run_sweep,
     runtime_candidates,
+    worker_env,
     write_best_runtime,
 )
-from conftest import shared_fixture
 
 
 def _npu_device():
@@ -47,13 +43,14 @@ def restore_process():
 # ---- candidates ---------------------------------------------------------------------------------
 def test_cpu_candidates():
     cands = runtime_candidates(torch.device("cpu"), cores=[0, 1, 2, 3])
-    assert [c.name for c in cands] == ["threads=1", "threads=2", "threads=4", "threads=4+bind"]
-    assert [c.torch_threads for c in cands] == [1, 2, 4, 4]
-    assert [c.env["OMP_NUM_THREADS"] for c in cands] == ["1", "2", "4", "4"]
-    assert cands[-1].cpu_cores == [0, 1, 2, 3] and all(c.cpu_cores is None for c in cands[:-1])
+    assert [c.name for c in cands] == ["threads=1", "threads=2", "threads=4", "threads=4+bind", "threads=4+malloc"]
+    assert [c.torch_threads for c in cands] == [1, 2, 4, 4, 4]
+    assert [c.env["OMP_NUM_THREADS"] for c in cands] == ["1", "2", "4", "4", "4"]
+    assert cands[3].cpu_cores == [0, 1, 2, 3] and all(c.cpu_cores is None for c in cands[:3] + cands[4:])
+    assert cands[-1].env["MALLOC_TRIM_THRESHOLD_"] == "1073741824"  # the allocator, measured in its own process
     assert all(c.cudnn_benchmark is None and c.tf32 is None for c in cands)
     one = runtime_candidates(torch.device("cpu"), cores=[5])
-    assert [c.name for c in one] == ["threads=1"]
+    assert [c.name for c in one] == ["threads=1", "threads=1+malloc"]
     assert len(runtime_candidates(torch.device("cpu"), cores=[0, 1, 2, 3], limit=2)) == 2
 
 
@@ -61,15 +58,15 @@ def test_cpu_candidates_default_to_this_process_cores():
     cores = sorted(os.sched_getaffinity(0))
     cands = runtime_candidates(torch.device("cpu"))
     assert max(c.torch_threads for c in cands) == len(cores)
-    if len(cores) > 1:
-        assert cands[-1].cpu_cores == cores
+    # binding to every core the process may already use changes nothing: no such candidate
+    assert all(c.cpu_cores is None for c in cands)
 
 
 def test_cuda_candidates():
-    cands = runtime_candidates(torch.device("cuda"), cores=[0, 1])
+    cands = runtime_candidates(torch.device("cuda"), cores=[4, 5])
     assert [(c.cudnn_benchmark, c.tf32) for c in cands] == [(False, False), (True, False), (True, True),
                                                             (True, True)]
-    assert cands[-1].env == {"OMP_NUM_THREADS": "1"} and cands[-1].cpu_cores == [0, 1]
+    assert cands[-1].env == {"OMP_NUM_THREADS": "1"} and cands[-1].cpu_cores == [4, 5]
     assert all(c.torch_threads is None for c in cands)
 
 
@@ -83,6 +80,9 @@ def test_npu_candidates():
     assert any(c.env.get("CPU_AFFINITY_CONF") == "1" and c.env.get("OMP_NUM_THREADS") == "1" for c in cands)
     assert all(c.cudnn_benchmark is None and c.torch_threads is None for c in cands)
     assert len({c.name for c in cands}) == len(cands)
+    card1 = runtime_candidates(SimpleNamespace(type="npu", index=1), cores=list(range(144, 168)))
+    assert {"TASK_QUEUE_ENABLE": "2", "CPU_AFFINITY_CONF": "mode:1,npu1:144-167", "OMP_NUM_THREADS": "1"} in [
+        c.env for c in card1]  # torch_npu 2.8's custom form: the mode key is required
 
 
 def test_runtime_config_dict_round_trip():
@@ -125,37 +125,14 @@ def test_apply_in_process_cuda_flags():
 
 
 # ---- own process --------------------------------------------------------------------------------
-def test_launch_runs_the_cli():
-    core = min(os.sched_getaffinity(0))
-    proc = launch(RuntimeConfig("t", env={"BLENDSTUDY_TEST_X": "1"}, cpu_cores=[core]), ["weights", "--help"],
-                  timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    assert "--weights" in proc.stdout
-
-
-def test_launch_passes_env_cores_and_setting(monkeypatch):
-    seen = {}
-
-    def fake_run(cmd, **kw):
-        seen.update(kw, cmd=cmd)
-        return subprocess.CompletedProcess(cmd, 0, "", "")
-
-    monkeypatch.setattr(rt.subprocess, "run", fake_run)
-    cfg = RuntimeConfig("TQ=2", env={"TASK_QUEUE_ENABLE": "2"}, cpu_cores=[0])
-    launch(cfg, ["bench", "--x"], timeout=5)
-    assert seen["cmd"][1:] == ["-m", "blendstudy", "bench", "--x"]
-    assert seen["env"]["TASK_QUEUE_ENABLE"] == "2"
-    assert RuntimeConfig.from_dict(json.loads(seen["env"]["BLENDSTUDY_RUNTIME"])) == cfg
-    assert seen["env"]["PATH"] == os.environ["PATH"]  # the rest of the environment is kept
-    assert callable(seen["preexec_fn"]) and seen["timeout"] == 5
-
-
-def test_current_runtime(monkeypatch):
-    monkeypatch.delenv("BLENDSTUDY_RUNTIME", raising=False)
-    assert current_runtime() is None
-    cfg = RuntimeConfig("threads=1", env={"OMP_NUM_THREADS": "1"}, torch_threads=1)
-    monkeypatch.setenv("BLENDSTUDY_RUNTIME", json.dumps(cfg.to_dict()))
-    assert current_runtime() == cfg
+def test_worker_env_puts_the_setting_over_the_params_runtime():
+    cfg = RuntimeConfig("t", env={"TASK_QUEUE_ENABLE": "2"}, cpu_cores=[3], torch_threads=1)
+    env, cores = worker_env(cfg, {"TASK_QUEUE_ENABLE": "1", "MALLOC_TRIM_THRESHOLD_": "1"}, [0, 1])
+    # OMP_NUM_THREADS follows torch_threads: the thread pool reads it when torch starts
+    assert env == {"TASK_QUEUE_ENABLE": "2", "MALLOC_TRIM_THRESHOLD_": "1", "OMP_NUM_THREADS": "1"}
+    assert cores == [3]
+    assert worker_env(None, {"A": "1"}, [0]) == ({"A": "1"}, [0])
+    assert worker_env(RuntimeConfig("x", env={"OMP_NUM_THREADS": "4"}, torch_threads=1))[0] == {"OMP_NUM_THREADS": "4"}
 
 
 # ---- sweep results ------------------------------------------------------------------------------
@@ -188,57 +165,3 @@ def test_write_best_runtime_quotes_values(tmp_path):
     cfg = RuntimeConfig("odd", env={"SOME_FLAGS": "a b"})
     sh = write_best_runtime(SweepResult(cfg, None, 1.0, 1.0, 1.0), tmp_path)["sh"].read_text()
     assert "export SOME_FLAGS='a b'" in sh
-
-
-def test_run_sweep_reports_a_failing_setting(tmp_path, monkeypatch):
-    def fake_launch(cfg, argv, timeout=None):
-        out = argv[argv.index("--output") + 1]
-        if cfg.name == "bad":
-            return subprocess.CompletedProcess(argv, 2, "", "line 1\nblendstudy: no such image\n")
-        with open(out, "w") as fh:
-            json.dump({"extra": {"latency": {"p50": 10.0, "mean": 11.0, "p99": 15.0}}}, fh)
-        return subprocess.CompletedProcess(argv, 0, "", "")
-
-    monkeypatch.setattr(rt, "launch", fake_launch)
-    res = run_sweep([RuntimeConfig("bad"), RuntimeConfig("good")], ["--x"], tmp_path / "sweep", progress=False)
-    assert [r.config.name for r in res] == ["bad", "good"]
-    assert res[0].p50_ms is None and "no such image" in res[0].error
-    assert (res[1].p50_ms, res[1].mean_ms, res[1].p99_ms) == (10.0, 11.0, 15.0)
-    assert res[1].results_path == str(tmp_path / "sweep" / "result_01.json")
-    assert best_of(res).config.name == "good"
-
-
-def test_run_sweep_reports_unavailable_cores(tmp_path):
-    res = run_sweep([RuntimeConfig("far cores", cpu_cores=[100000])], ["--help"], tmp_path, progress=False)
-    assert res[0].p50_ms is None and res[0].error
-
-
-SMALL_CONFIG = """_BASE_: {base}
-INPUT:
-  MIN_SIZE_TEST: 256
-  MAX_SIZE_TEST: 400
-"""
-
-
-@pytest.mark.slow
-def test_run_sweep_two_cpu_settings(tmp_path):
-    """Two real processes of `bench` on one fixture picture. The fixture's config is used through a
-    _BASE_ file that only lowers the test size (800 -> 256) to keep this under ~40 s on 2 loaded cores."""
-    root = shared_fixture("adelaidet_blendmask_small")
-    config = tmp_path / "small.yaml"
-    config.write_text(SMALL_CONFIG.format(base=root / "config.yaml"))
-    cands = runtime_candidates(torch.device("cpu"), cores=sorted(os.sched_getaffinity(0)), limit=2)
-    assert len(cands) == 2 or len(os.sched_getaffinity(0)) == 1
-    argv = ["--config", str(config), "--weights", str(root / "model.pth"), "--device", "cpu",
-            "--images", str(root / "images" / "img0.png"), "--warmup", "0"]
-    res = run_sweep(cands, argv, tmp_path / "sweep", timeout=120, progress=False)
-    assert [r.config for r in res] == cands
-    for r in res:
-        assert r.error is None, r.error
-        assert r.p50_ms > 0 and r.mean_ms > 0 and r.p99_ms >= r.p50_ms
-        rec = json.loads(open(r.results_path).read())
-        assert rec["params"]["images"] == 1
-    best = best_of(res)
-    assert best.p50_ms == min(r.p50_ms for r in res)
-    paths = write_best_runtime(best, tmp_path / "best")
-    assert load_runtime(paths["json"]) == best.config

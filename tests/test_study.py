@@ -1,27 +1,36 @@
-"""blendstudy.study: params files, their _BASE_ chain, path checks naming the parameter, the run
-folder, the synthetic data sections and the environment of a params file."""
+"""blendstudy.study.params and .context: params files, their _BASE_ chain, path checks naming the
+parameter, the run folder, the synthetic data sections, the runtime a params file gives a device,
+and the accuracy gate decided once with the params' thresholds."""
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 import pytest
 
-from blendstudy.study import (
-    REPO_ROOT,
+from blendstudy.data.images import read_image
+from blendstudy.paths import repo_root
+from blendstudy.predictor import load_pipeline
+from blendstudy.structures import Detections
+from blendstudy.study.context import Context, StudySpec, gate_ground_truth
+from blendstudy.study.params import (
     ParamsError,
     StudyParams,
-    accuracy_gates,
-    apply_environment,
     benchmark_images,
     check_paths,
-    gate_ground_truth,
-    load_study_pipeline,
     open_dataset,
+    resolve_config,
+    resolve_weights,
     run_dir,
+    runtime_for,
 )
+
+REPO_ROOT = repo_root()
+
+
+def load_study_pipeline(params, device="cpu"):
+    return load_pipeline(resolve_config(params), resolve_weights(params), device, warn_random=False)
 
 PARAMS_DIR = REPO_ROOT / "params"
 PARAMS_FILES = sorted(PARAMS_DIR.glob("*.yaml"))
@@ -198,19 +207,19 @@ def test_accuracy_gates_report_ap_and_verdicts(tmp_path):
     params = StudyParams.load(_write(tmp_path, SYNTH.format(weights="tiny_synthetic", missing="error",
                                                             root=tmp_path)))
     loaded = load_study_pipeline(params, device="cpu")
-    from blendstudy.data.images import read_image
-    from blendstudy.structures import Detections
-
     images = {p.name: read_image(p) for p in benchmark_images(params)}
     run = {n: loaded.pipeline(im) for n, im in images.items()}
     empty = {n: Detections(d.boxes[:0], d.scores[:0], d.classes[:0], d.image_size, masks=d.masks[:0])
              for n, d in run.items()}  # every detection dropped
-    reports, gates, note = accuracy_gates(params, loaded, {"a": run, "b": dict(run), "none": empty},
-                                          [("a", "b"), ("a", "none")])
+    ctx = Context(StudySpec(str(params.path), str(tmp_path)), params, loaded, images)
+    reports, gates, note = ctx.gates({"a": run, "b": dict(run), "none": empty}, [("a", "b"), ("a", "none")])
     assert list(reports) == ["b vs a", "none vs a"] and "AP on" in note
     assert reports["b vs a"].ap.change == {"bbox": 0.0, "segm": 0.0}
     assert gates["b vs a"] is True
     assert gates["none vs a"] is False
+    # the verdict is decided once, with the params' thresholds, and stored with the report
+    assert reports["b vs a"].gate is True and reports["none vs a"].gate is False
+    assert reports["b vs a"].gate_thresholds.max_ap_change == 0.3
 
 
 def test_run_dir(tmp_path):
@@ -221,33 +230,17 @@ def test_run_dir(tmp_path):
     assert run_dir(params, tmp_path / "out") == root  # again: no error
 
 
-@pytest.fixture
-def restore_affinity():
-    cores = os.sched_getaffinity(0)
-    yield cores
-    os.sched_setaffinity(0, cores)
+def test_runtime_for_a_device(tmp_path):
+    text = ("model: {config: x}\nruntime:\n  env: {TASK_QUEUE_ENABLE: 2, OMP_NUM_THREADS: 1}\n"
+            "  cpu_affinity: {npu:1: \"144-167\", npu:2: \"96-119\", default: \"0-3\"}\n")
+    params = StudyParams.load(_write(tmp_path, text))
+    env, cores = runtime_for(params, "npu:1")
+    assert env == {"TASK_QUEUE_ENABLE": "2", "OMP_NUM_THREADS": "1"} and cores == list(range(144, 168))
+    assert runtime_for(params, "npu:2")[1] == list(range(96, 120))
+    assert runtime_for(params, "cpu")[1] == [0, 1, 2, 3]
+    one = StudyParams.load(_write(tmp_path, "model: {config: x}\nruntime: {cpu_affinity: \"2,5-6\"}\n"))
+    assert runtime_for(one, "anything") == ({}, [2, 5, 6])
 
 
-def test_apply_environment(tmp_path, monkeypatch, restore_affinity):
-    monkeypatch.delenv("BLENDSTUDY_TEST_ENV", raising=False)
-    monkeypatch.setenv("BLENDSTUDY_TEST_NUM", "old")  # monkeypatch restores both afterwards
-    cores = sorted(restore_affinity)
-    aff = f"{cores[0]}" if len(cores) == 1 else f"{cores[0]}-{cores[1]}" if cores[1] == cores[0] + 1 \
-        else f"{cores[0]},{cores[1]}"
-    text = (f"model: {{config: x}}\nruntime:\n  env: {{BLENDSTUDY_TEST_ENV: hello, BLENDSTUDY_TEST_NUM: 2}}\n"
-            f"  cpu_affinity: \"{aff}\"\n")
-    applied = apply_environment(StudyParams.load(_write(tmp_path, text)))
-    assert os.environ["BLENDSTUDY_TEST_ENV"] == "hello" and os.environ["BLENDSTUDY_TEST_NUM"] == "2"
-    assert applied == {"BLENDSTUDY_TEST_ENV": "hello", "BLENDSTUDY_TEST_NUM": "2", "cpu_affinity": aff}
-    assert os.sched_getaffinity(0) == set(cores[:2])
-
-
-def test_apply_environment_unavailable_cores(tmp_path, capsys, restore_affinity):
-    text = "model: {config: x}\nruntime: {env: {}, cpu_affinity: \"100000-100003\"}\n"
-    assert apply_environment(StudyParams.load(_write(tmp_path, text))) == {}
-    assert "cannot bind to cores 100000-100003" in capsys.readouterr().err
-    assert os.sched_getaffinity(0) == restore_affinity
-
-
-def test_apply_environment_nothing(tmp_path):
-    assert apply_environment(StudyParams.load(PARAMS_DIR / "default.yaml")) == {}
+def test_runtime_for_nothing():
+    assert runtime_for(StudyParams.load(PARAMS_DIR / "default.yaml"), "cpu") == ({}, None)

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from blendstudy.timing import (
+from blendstudy.measure.latency import (
     LatencyRun,
     LatencyStats,
     bootstrap_median_ci,
@@ -79,9 +79,9 @@ def _run(samples, labels):
                       stats=LatencyStats.from_samples(samples))
 
 
-def test_tail_breakdown_separates_the_pictures_from_the_jitter():
-    # 4 pictures x 3 repeats: medians 10, 11, 12, 20 ("d" costs more: content); one 30 ms spike
-    # on "a" (jitter) that the per-picture medians leave out
+def test_tail_breakdown_separates_the_images_from_the_jitter():
+    # 4 images x 3 repeats: medians 10, 11, 12, 20 ("d" costs more: content); one 30 ms spike
+    # on "a" (jitter) that the per-image medians leave out
     labels = ["a", "b", "c", "d"] * 3
     samples = [10, 11, 12, 20, 30, 11, 12, 20, 10, 11, 12, 20]
     run = _run(samples, labels)
@@ -91,7 +91,7 @@ def test_tail_breakdown_separates_the_pictures_from_the_jitter():
     assert t.calls == 12 and t.inputs == 4
     assert t.p50_ms == pytest.approx(np.percentile(samples, 50))
     assert t.p99_over_p50 == pytest.approx(np.percentile(samples, 99) / np.percentile(samples, 50))
-    # per-picture medians 10, 11, 12, 20: p50 11.5; p99 at position 2.97 -> 12 + 0.97 * 8
+    # per-image medians 10, 11, 12, 20: p50 11.5; p99 at position 2.97 -> 12 + 0.97 * 8
     assert t.content_p50_ms == pytest.approx(11.5)
     assert t.content_p99_ms == pytest.approx(19.76)
     assert t.content_p99_over_p50 == pytest.approx(19.76 / 11.5)

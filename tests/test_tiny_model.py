@@ -20,7 +20,7 @@ from blendstudy.pipeline import Pipeline
 
 WEIGHTS = Path(T.__file__).resolve().parent / "weights" / "tiny_synthetic.pth"
 CONFIG = "BlendMask/Tiny_synthetic"
-# pictures the shipped model is checked on: a seed used neither for training (0) nor validation (1)
+# images the shipped model is checked on: a seed used neither for training (0) nor validation (1)
 CHECK_SEED = 2024
 CHECK_IMAGES = 3
 

@@ -490,7 +490,9 @@ def _feature_levels(cfg: Mapping[str, Any]) -> Optional[List[str]]:
     return [f"p{s}" for s in sorted(stages)] + [f"p{last + i}" for i in range(1, top + 1)]
 
 
-_DEFORM = "deformable convolution stages are not implemented"
+def _deform_flags(v: Any) -> bool:
+    return isinstance(v, list) and len(v) == 4 and all(type(x) is bool for x in v)
+
 
 # (dotted key, predicate, reason shown when the predicate fails)
 _RULES: List[Tuple[str, Callable[[Any], bool], str]] = [
@@ -514,9 +516,11 @@ _RULES: List[Tuple[str, Callable[[Any], bool], str]] = [
     ("MODEL.RESNETS.RES5_DILATION", _one_of(1, 2), "supported res5 dilations: 1, 2"),
     (
         "MODEL.RESNETS.DEFORM_ON_PER_STAGE",
-        lambda v: isinstance(v, list) and all(x is False for x in v),
-        _DEFORM,
+        _deform_flags,
+        "needs four booleans, one per stage res2..res5",
     ),
+    ("MODEL.RESNETS.DEFORM_MODULATED", _one_of(True, False), "must be a bool"),
+    ("MODEL.RESNETS.DEFORM_NUM_GROUPS", _is_int(1), "must be an int >= 1"),
     ("MODEL.RESNETS.DEFORM_INTERVAL", _is_int(1), "must be an int >= 1"),
     ("MODEL.FPN.FUSE_TYPE", _one_of("sum", "avg"), "FPN fuse type must be sum or avg"),
     ("MODEL.FPN.NORM", _one_of("", "GN", "BN", "SyncBN", "FrozenBN"), "unsupported FPN norm"),
@@ -587,6 +591,14 @@ def check_supported(cfg: Mapping[str, Any], source: str) -> None:
             sizes,
             f"needs len(FCOS.IN_FEATURES) - 1 = {len(fcos_in) - 1} values",
         )
+    depth = _lookup(cfg, "MODEL.RESNETS.DEPTH")
+    deform_on = _lookup(cfg, "MODEL.RESNETS.DEFORM_ON_PER_STAGE")
+    interval = _lookup(cfg, "MODEL.RESNETS.DEFORM_INTERVAL")
+    if depth in (18, 34) and _deform_flags(deform_on) and any(deform_on):
+        add("MODEL.RESNETS.DEFORM_ON_PER_STAGE", deform_on, "deformable stages need a bottleneck ResNet (50, 101)")
+    elif depth in (18, 34) and type(interval) is int and interval > 1:
+        add("MODEL.RESNETS.DEFORM_INTERVAL", interval,
+            "DEFORM_INTERVAL > 1 selects AdelaiDet's interval ResNet, which has no R18/R34")
     res_out = _lookup(cfg, "MODEL.RESNETS.OUT_FEATURES")
     fpn_in = _lookup(cfg, "MODEL.FPN.IN_FEATURES")
     if isinstance(res_out, list) and isinstance(fpn_in, list):

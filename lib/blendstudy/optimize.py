@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, replace
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -17,6 +17,7 @@ from blendstudy import device as devmod
 from blendstudy.model.blendmask import BlendMask
 from blendstudy.model.layers import ConvNorm, FrozenBatchNorm2d
 from blendstudy.pipeline import Pipeline
+from blendstudy.runtime import apply_in_process
 
 
 @dataclass(frozen=True)
@@ -78,17 +79,24 @@ RECIPES: Dict[str, List[str]] = {
     "p4+blend_chunks": _P + ["blend_chunks"],
     "p4+half_towers": _P + ["half_towers"],
     "best": _P + ["fold_bn", "raw_masks", "lazy_attention", "blend_matmul"],
-    # on a CPU there is no host-device sync to remove, and the fixed-shape NMS costs O(K^2): the
-    # CPU's best chain leaves P1 out (the P1 notebook measures why). The fp32 network runs at the
-    # CPU's measured matmul peak, so only less work (lazy attention) or bf16 help (mixed_half: the
-    # whole network in bf16 moved bbox AP by up to -0.33 on the tiny model, at the gate's edge; the
-    # feature extractor alone by about -0.1; half_towers adds the head's tower convolutions, with
-    # GroupNorm kept fp32, for about 6 %). blend_chunks keeps the blender's temporaries out of the
-    # page-fault path (about 5 ms at 100 detections).
+    # on a CPU there is no host-device sync to remove and the fixed-shape NMS costs O(K^2), so the
+    # CPU's best chain leaves P1 out; less work (lazy attention, blend_chunks) and bf16 where the CPU
+    # computes it natively (the half switches; skipped without AVX-512) are what is left to gain
+    # (the measurements behind each choice: README, "What we found")
     "best_cpu": ["device_resize", "runtime", "compile_backbone", "pad64", "fold_bn", "raw_masks", "channels_last",
                  "lazy_attention", "blend_matmul", "blend_chunks", "mixed_half", "half_towers"],
 }
 STAGE_RECIPES = ["baseline", "p0", "p1", "p2", "p3", "p4"]
+
+#: Switches that act on the host side only (pre-processing, decode, blender, paste, padding): what
+#: still applies when an offline runtime runs the network (P6). The network's own switches
+#: (compile, fold_bn, half precision, channels_last, lazy_attention) are the offline model's business.
+HOST_SWITCHES = ("device_resize", "sync_free_decode", "runtime", "pad64", "raw_masks", "blend_matmul", "blend_chunks")
+
+
+def host_switches(recipe: Union[str, Sequence[str]]) -> List[str]:
+    """The recipe's host-side switches (HOST_SWITCHES), in its order."""
+    return [n for n in recipe_switches(recipe) if n in HOST_SWITCHES]
 
 RECOMPILE_LIMIT = 32
 PAD_MULTIPLE = 64
@@ -222,7 +230,7 @@ def build_pipeline(base: Pipeline, recipe: Union[str, Sequence[str]], device: Op
                    runtime: Optional[Any] = None) -> Pipeline:
     """A new Pipeline for `recipe` on a deep copy of `base`'s model (base is left as it is).
     `runtime`: a blendstudy.runtime.RuntimeConfig applied in-process for the "runtime" switch
-    (knobs that must be set before torch_npu initialises are applied by `runtime.launch`)."""
+    (knobs that must be set before torch starts are the worker process's environment: runtime.worker_env)."""
     names = recipe_switches(recipe)
     dev = device or base.device
     model: BlendMask = copy.deepcopy(base.model).to(dev).eval()
@@ -232,9 +240,11 @@ def build_pipeline(base: Pipeline, recipe: Union[str, Sequence[str]], device: Op
         opts.resize = "device"
     if "sync_free_decode" in names:
         opts.decode = "sync_free"
+    skipped = {n: why for n in names if (why := devmod.unsupported_switch(dev, n))}
+    if skipped:
+        info["skipped"] = skipped
+        names = [n for n in names if n not in skipped]
     if "runtime" in names and runtime is not None:
-        from blendstudy.runtime import apply_in_process
-
         info["runtime"] = apply_in_process(runtime, dev)
     if "fold_bn" in names:
         info["folded_bn"] = fold_frozen_bn(model)
@@ -275,19 +285,22 @@ def build_pipeline(base: Pipeline, recipe: Union[str, Sequence[str]], device: Op
     elif "compile_backbone" in names:
         model.backbone = _compile(model.backbone, backend)
         info["compile"] = CompileInfo(backend, ["backbone"])
-    pipe = Pipeline(model, base.min_size, base.max_size, opts)
-    pipe.recipe_info = info  # type: ignore[attr-defined]
+    pipe = Pipeline(model, base.min_size, base.max_size, opts, dense=base.dense)
+    pipe.recipe_info = info
     return pipe
 
 
-def describe_recipes(recipes: Sequence[str] = STAGE_RECIPES) -> List[Dict[str, str]]:
-    """Rows (recipe, stage, added switch, description) for the notebooks' tables."""
+def describe_recipes(recipes: Sequence[str] = STAGE_RECIPES, skipped: Optional[Mapping[str, Mapping[str, str]]] = None
+                     ) -> List[Dict[str, str]]:
+    """Rows (recipe, stage, added switch, description, skipped) for the notebooks' tables;
+    ``skipped``: recipe -> {switch: why this device cannot run it} (Pipeline.recipe_info)."""
     rows, prev = [], []
     for r in recipes:
         names = recipe_switches(r)
         added = [n for n in names if n not in prev] or ["-"]
         rows.append({"recipe": r, "adds": ", ".join(added),
                      "stage": ", ".join(sorted({SWITCHES[n].stage for n in added if n in SWITCHES})) or "-",
-                     "change": "; ".join(SWITCHES[n].description for n in added if n in SWITCHES) or "reference"})
+                     "change": "; ".join(SWITCHES[n].description for n in added if n in SWITCHES) or "reference",
+                     "skipped": "; ".join(f"{n}: {why}" for n, why in ((skipped or {}).get(r) or {}).items()) or "-"})
         prev = names
     return rows

@@ -8,7 +8,7 @@ optimization switches (blendstudy.optimize) change behaviour only through `Pipel
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -16,11 +16,16 @@ import torch.nn.functional as F
 from PIL import Image
 
 from blendstudy import ops
+from blendstudy.decode_sync_free import decode_sync_free
 from blendstudy.model.blendmask import BlendMask
 from blendstudy.model.fcos import HeadOutputs, Proposals
 from blendstudy.structures import Detections
 
 _NO_ANTIALIAS: set = set()
+
+#: The dense part run offline: the padded, normalised (1, 3, H, W) float32 batch in; the FCOS head
+#: outputs (attention included) and the bases out, as the model's own calls give them.
+DenseRunner = Callable[[torch.Tensor], Tuple[HeadOutputs, torch.Tensor]]
 
 
 def _antialias_supported(device: torch.device) -> bool:
@@ -75,8 +80,12 @@ class Pipeline:
     """Callable: `pipeline(image_bgr) -> Detections`. Stage methods are public for profiling."""
 
     def __init__(self, model: BlendMask, min_size: int = 800, max_size: int = 1333,
-                 options: Optional[PipelineOptions] = None):
+                 options: Optional[PipelineOptions] = None, dense: Optional[DenseRunner] = None):
         self.model = model.eval()
+        #: an offline runner of the network's dense part (blendstudy.backends), or None: the model
+        self.dense = dense
+        #: what build_pipeline did to make this pipeline (switches, skipped switches, compile ...)
+        self.recipe_info: Dict[str, Any] = {}
         self.min_size = int(min_size)
         self.max_size = int(max_size)
         self.options = options or PipelineOptions()
@@ -88,8 +97,9 @@ class Pipeline:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, not {self.options.dtype!r}")
 
     @classmethod
-    def from_config(cls, cfg: Any, model: BlendMask, options: Optional[PipelineOptions] = None) -> Pipeline:
-        return cls(model, cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, options)
+    def from_config(cls, cfg: Any, model: BlendMask, options: Optional[PipelineOptions] = None,
+                    dense: Optional[DenseRunner] = None) -> Pipeline:
+        return cls(model, cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, options, dense)
 
     @property
     def device(self) -> torch.device:
@@ -134,9 +144,9 @@ class Pipeline:
 
     def resize_device(self, image: torch.Tensor) -> torch.Tensor:
         """Bilinear (half-pixel centres) on the device; CHW out. When shrinking, the filter
-        widens with the scale (antialias) as PIL's BILINEAR does; without it a 3840x2304 picture
+        widens with the scale (antialias) as PIL's BILINEAR does; without it a 3840x2304 image
         aliases badly. Where the device lacks the antialiased kernel, plain bilinear is used.
-        On the CPU the uint8 picture is resized as uint8 and stays uint8 (whole grey levels, as
+        On the CPU the uint8 image is resized as uint8 and stays uint8 (whole grey levels, as
         PIL gives; channels-last strides): normalize_pad converts it while it normalises.
         Elsewhere in float, float out."""
         if self.options.resize != "device":
@@ -150,7 +160,7 @@ class Pipeline:
         if cpu_uint8:
             # the CPU's vectorised uint8 kernel (channels-last input): PIL's own arithmetic, the
             # same filter and rounding, so the result is within 2 grey levels of PIL's and faster
-            # than the float path (which also needs 3 float copies of the picture)
+            # than the float path (which also needs 3 float copies of the image)
             x = image[None].contiguous(memory_format=torch.channels_last)
             x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=shrink)
             return x[0]
@@ -170,7 +180,7 @@ class Pipeline:
         c, h, w = image.shape[-3:]
         m = self.pad_multiple
         ph, pw = ops.ceil_to_multiple(h, m), ops.ceil_to_multiple(w, m)
-        # written in place into the padded (and, with channels_last, NHWC) batch: one picture-sized
+        # written in place into the padded (and, with channels_last, NHWC) batch: one image-sized
         # allocation instead of four; the same two float ops, so the same values
         fmt = torch.channels_last if self.options.channels_last else torch.contiguous_format
         dt = torch.promote_types(image.dtype, self.model.pixel_mean.dtype)
@@ -187,7 +197,7 @@ class Pipeline:
         return x, (int(h), int(w))
 
     def resize(self, image: np.ndarray) -> torch.Tensor:
-        """The resized CHW picture on the device, before normalisation (float, or uint8 from the
+        """The resized CHW image on the device, before normalisation (float, or uint8 from the
         CPU's device resize): resize_cpu -> to_device -> resize_device."""
         return self.resize_device(self.to_device(self.resize_cpu(image)))
 
@@ -204,8 +214,6 @@ class Pipeline:
     def decode(self, head: HeadOutputs, input_size: Tuple[int, int]) -> Proposals:
         head = self.head_in_float(head)
         if self.options.decode == "sync_free":
-            from blendstudy.decode_sync_free import decode_sync_free
-
             props = decode_sync_free(head, [input_size], self.model.proposal_generator.settings)[0]
             return self.model.attend(head, props)
         return self.model.decode(head, [input_size])[0]
@@ -260,38 +268,78 @@ class Pipeline:
                           image_size=output_size, masks=full,
                           raw_masks=masks.float() if self.options.raw_masks else None)
 
-    # ---- all together ---------------------------------------------------------------------
+    # ---- all together: the ONE stage sequence -------------------------------------------------
     @torch.no_grad()
     def __call__(self, image: np.ndarray) -> Detections:
+        return self.run_stages(image)
+
+    @torch.no_grad()
+    def run_stages(self, image: np.ndarray, mark: Optional[Callable[[str], None]] = None) -> Detections:
+        """The pipeline's stages in order; ``mark(stage)`` is called right after each one (the
+        profiler synchronises the device and reads its clock there; the FLOP count and plain calls
+        pass nothing). Stage names are those of STAGES (``read`` is the caller's), or
+        ``dense network`` for the backbone, head and bases together when an offline ``dense``
+        runner replaces the model's network."""
+        mark = mark or _no_mark
         output_size = (int(image.shape[0]), int(image.shape[1]))
-        batch, input_size = self.prepare(image)
-        features = self.model.extract_features(batch)
-        head = self.model.predict_head(features)
-        bases = self.model.compute_bases(features)
-        det = self.finish(head, bases, input_size, output_size)
-        if not bool(getattr(det, "extras", {}).get("decode_converged", True)):
+        x = self.resize_cpu(image)
+        if self.options.resize == "pil":
+            mark("resize")
+        x = self.to_device(x)
+        mark("to-device")
+        if self.options.resize == "device":
+            x = self.resize_device(x)
+            mark("resize")
+        batch, input_size = self.normalize_pad(x)
+        mark("normalize+pad")
+        if self.dense is not None:
+            head, bases = self.dense(batch)
+            mark("dense network")
+            proposals = self.decode(head, input_size)
+            mark("decode+NMS")
+        else:
+            features = self.model.extract_features(batch)
+            mark("backbone+FPN")
+            head = self.model.predict_head(features)
+            mark("FCOS head")
+            proposals = self.decode(head, input_size)
+            mark("decode+NMS")
+            bases = self.model.compute_bases(features)
+            mark("basis module")
+        det = self._finish(proposals, bases, input_size, output_size, mark)
+        if not bool(det.extras.get("decode_converged", True)):
             # the fixed-shape NMS did not reach its fixed point on this image (very rare): redo
             # the decode exactly; the result is then identical to the reference path
-            det = self.finish(head, bases, input_size, output_size, decode="reference")
+            proposals = self.model.decode(self.head_in_float(head), [input_size])[0]
+            det = self._finish(proposals, bases, input_size, output_size, _no_mark)
             det.extras["decode_fallback"] = True
         return det
 
-    def finish(self, head: HeadOutputs, bases: torch.Tensor, input_size: Tuple[int, int],
-               output_size: Tuple[int, int], decode: Optional[str] = None) -> Detections:
-        """decode -> blend -> rescale -> paste -> extract for one image."""
-        if decode == "reference":
-            proposals = self.model.decode(self.head_in_float(head), [input_size])[0]
-        else:
-            proposals = self.decode(head, input_size)
+    def _finish(self, proposals: Proposals, bases: torch.Tensor, input_size: Tuple[int, int],
+                output_size: Tuple[int, int], mark: Callable[[str], None]) -> Detections:
+        """blend -> rescale -> paste -> extract for one image's proposals."""
         converged = proposals.converged
         masks = self.blend(bases, proposals)
+        mark("blender")
         proposals, masks, boxes = self.rescale(proposals, masks, input_size, output_size,
                                                fixed_shape=proposals.valid is not None)
         full = self.paste(masks, boxes, output_size, proposals.valid)
+        mark("mask paste")
         det = self.extract(proposals, boxes, masks, full, output_size)
+        mark("result extraction")
         if converged is not None:
             det.extras["decode_converged"] = bool(converged)
         return det
 
     def run_many(self, images: List[np.ndarray]) -> List[Detections]:
         return [self(im) for im in images]
+
+
+def _no_mark(stage: str) -> None:
+    return None
+
+
+#: The stages of one image, in order, as Pipeline.run_stages marks them ("read" is the file read
+#: before it); the profiler and the FLOP count walk the same sequence.
+STAGES = ["read", "resize", "to-device", "normalize+pad", "backbone+FPN", "FCOS head", "decode+NMS",
+          "basis module", "blender", "mask paste", "result extraction"]

@@ -9,14 +9,12 @@ from typing import Any, Dict, Optional, Union
 
 import torch
 
-from blendstudy.checkpoint import LoadReport, load_weights
+from blendstudy.checkpoint import LoadReport, file_sha256, load_weights
 from blendstudy.config import Config, load_config
-from blendstudy.device import resolve_device
+from blendstudy.device import code_fingerprint, resolve_device
 from blendstudy.model import BlendMask, build_model
+from blendstudy.paths import SHIPPED_WEIGHTS
 from blendstudy.pipeline import Pipeline, PipelineOptions
-
-PACKAGE_DIR = Path(__file__).resolve().parent
-SHIPPED_WEIGHTS = {"tiny_synthetic": PACKAGE_DIR / "weights" / "tiny_synthetic.pth"}
 
 
 @dataclass
@@ -42,9 +40,6 @@ class LoadedPipeline:
         """What decides this pipeline's predictions under `recipe`: config, checkpoint (sha256;
         None = random weights), recipe, code fingerprint, torch version and device type. A
         resumable evaluation continues only predictions with the same identity."""
-        from blendstudy.checkpoint import file_sha256
-        from blendstudy.device import code_fingerprint
-
         return {"config": str(self.config_source), "recipe": recipe,
                 "weights_sha256": file_sha256(self.weights) if self.weights else None,
                 "code": code_fingerprint(), "torch": torch.__version__, "device": self.device.type,

@@ -8,120 +8,21 @@ saved as PNG, and their Path returned.
 
 from __future__ import annotations
 
-import dataclasses
-import datetime as _dt
-import json
-import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pandas as pd
 
-from blendstudy.timing import LatencyRun, LatencyStats
-
-if TYPE_CHECKING:
-    from blendstudy.accuracy import AccuracyReport, CocoMetrics
+from blendstudy.coco.evaluate import CocoMetrics
+from blendstudy.measure.agreement import AccuracyReport
+from blendstudy.measure.latency import LatencyRun, LatencyStats, PairedComparison, TailBreakdown
+from blendstudy.measure.profile import Efficiency, StageProfile, efficiency
+from blendstudy.runtime import SweepResult
 
 PathLike = Union[str, "os.PathLike[str]"]
 LatencyLike = Union[LatencyStats, LatencyRun, float, int]
-
-
-# ----------------------------------------------------------------------------- JSON
-
-
-def to_jsonable(obj: Any) -> Any:
-    """A JSON-ready copy of ``obj``: dataclasses -> dicts (recursively), numpy / torch scalars and
-    arrays -> Python numbers and lists, Paths and devices -> str, NaN / inf -> None, sets -> sorted
-    lists, DataFrames -> list of row dicts; anything else unknown -> str(obj)."""
-    if obj is None or isinstance(obj, (bool, str)):
-        return obj
-    if isinstance(obj, int):
-        return int(obj)
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, np.generic):
-        return to_jsonable(obj.item())
-    if isinstance(obj, np.ndarray):
-        return to_jsonable(obj.tolist())
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, Mapping):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, (set, frozenset)):
-        items = [to_jsonable(v) for v in obj]
-        try:
-            return sorted(items)
-        except TypeError:
-            return sorted(items, key=repr)
-    if isinstance(obj, pd.DataFrame):
-        return to_jsonable(obj.to_dict(orient="records"))
-    if isinstance(obj, pd.Series):
-        return to_jsonable(obj.to_dict())
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    try:
-        import torch
-
-        if isinstance(obj, torch.Tensor):
-            return to_jsonable(obj.detach().cpu().tolist())
-    except ImportError:  # pragma: no cover
-        pass
-    return str(obj)
-
-
-def write_results(
-    path: PathLike,
-    name: str,
-    params: Mapping[str, Any],
-    figures: Mapping[str, PathLike],
-    device: Any = None,
-    extra: Any = None,
-) -> Dict[str, Any]:
-    """Write one results JSON for a run and return what was written.
-
-    ``path``: the JSON file, or a directory (then ``<dir>/<name>.json``). The record holds
-    {name, created (ISO-8601 UTC), created_by ("blendstudy <version>"), params, environment
-    (device.environment_info(device)), figures (paths relative to the JSON's folder where
-    possible), extra}. Dataclasses and arrays are made serialisable by :func:`to_jsonable`.
-    """
-    from blendstudy import __version__
-    from blendstudy.device import environment_info
-
-    p = Path(path)
-    if p.suffix.lower() != ".json":
-        p = p / f"{name}.json"
-    p.parent.mkdir(parents=True, exist_ok=True)
-    base = p.parent.resolve()
-
-    def rel(fig: PathLike) -> str:
-        fp = Path(fig).resolve()
-        try:
-            return fp.relative_to(base).as_posix()
-        except ValueError:
-            return str(fp)
-
-    dev = None
-    if device is not None:
-        import torch
-
-        dev = torch.device(device)
-    record = {
-        "name": name,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "created_by": f"blendstudy {__version__}",
-        "params": to_jsonable(dict(params)),
-        "environment": to_jsonable(environment_info(dev)),
-        "figures": {str(k): rel(v) for k, v in figures.items()},
-        "extra": to_jsonable(extra),
-    }
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, p)
-    return record
 
 
 # ----------------------------------------------------------------------------- tables
@@ -145,9 +46,9 @@ def latency_table(
     rows: Sequence[Tuple[str, Union[LatencyStats, LatencyRun]]],
     baseline: Optional[Union[int, str]] = None,
 ) -> pd.DataFrame:
-    """One row per version: version, latency_ms (mean), P50, P90, P99 (ms), throughput (images/s)
+    """One row per recipe: recipe, latency_ms (mean), P50, P90, P99 (ms), throughput (images/s)
     and improvement (mean latency vs the baseline row as "-72.6%"; "baseline" on that row).
-    ``baseline``: row index or version name; default the first row."""
+    ``baseline``: row index or recipe name; default the first row."""
     rows = list(rows)
     if not rows:
         raise ValueError("latency_table needs at least one row")
@@ -163,7 +64,7 @@ def latency_table(
         b = int(baseline)
     base = stats[b].mean
     return pd.DataFrame({
-        "version": names,
+        "recipe": names,
         "latency_ms": [s.mean for s in stats],
         "P50": [s.p50 for s in stats],
         "P90": [s.p90 for s in stats],
@@ -236,7 +137,7 @@ def paired_chain_table(stages: Sequence[str], comparisons: Mapping[str, Mapping[
 def accuracy_table(reports: Mapping[str, AccuracyReport]) -> pd.DataFrame:
     """One row per comparison (e.g. "npu vs cpu"): instance counts, IoU / score / class agreement,
     losses, images missing on either side, the AP change (test - ref, points) where ground truth
-    was given, and the default gate verdict (pass / FAIL)."""
+    was given, and the gate verdict the study decided with its params (pass / FAIL)."""
     out: List[Dict[str, Any]] = []
     for name, r in reports.items():
         out.append({
@@ -256,7 +157,7 @@ def accuracy_table(reports: Mapping[str, AccuracyReport]) -> pd.DataFrame:
             f"lost_above_{r.gate_score:g}": r.lost_above,
             "missing_images": len(r.only_in_ref) + len(r.only_in_test),
             **({f"{t}_AP_change": v for t, v in r.ap.change.items()} if r.ap is not None else {}),
-            "gate": "pass" if r.passes_gate() else "FAIL",
+            "gate": "undecided" if r.gate is None else ("pass" if r.gate else "FAIL"),
         })
     return pd.DataFrame(out)
 
@@ -292,6 +193,15 @@ def coco_table(
     return pd.DataFrame(out)
 
 
+def paired_table(comparisons: Mapping[str, PairedComparison], **extra: Any) -> pd.DataFrame:
+    """One row per paired A/B: comparison, median speedup (B over A) with its CI, the two
+    medians (ms), images and rounds; ``extra`` columns (e.g. weights=...) appended."""
+    rows = [{"comparison": k, "median speedup": c.median_speedup, "CI low": c.ci_low, "CI high": c.ci_high,
+             "median A ms": c.median_a_ms, "median B ms": c.median_b_ms, "images": len(c.speedup),
+             "rounds": c.rounds} for k, c in comparisons.items()]
+    return pd.DataFrame(rows).assign(**extra) if rows else pd.DataFrame(rows)
+
+
 def to_markdown(df: pd.DataFrame, floatfmt: str = ".2f", missing: str = "-") -> str:
     """GitHub-flavoured markdown of a table (no index); NaN / None shown as ``missing``."""
     clean = df.astype(object).where(df.notna(), None)
@@ -322,25 +232,25 @@ def _long_samples(samples: Mapping[str, Sequence[float]]) -> pd.DataFrame:
     rows = [(str(name), float(v)) for name, vals in samples.items() for v in vals]
     if not rows:
         raise ValueError("no latency samples to plot")
-    return pd.DataFrame(rows, columns=["version", "ms"])
+    return pd.DataFrame(rows, columns=["recipe", "ms"])
 
 
 def plot_latency_distribution(samples: Mapping[str, Sequence[float]], path: PathLike,
                               title: str = "Per-image latency") -> Path:
-    """Violin (with quartiles) plus the individual samples per version; x axis in ms."""
+    """Violin (with quartiles) plus the individual samples per recipe; x axis in ms."""
     import seaborn as sns
 
     df = _long_samples(samples)
-    order = list(dict.fromkeys(df["version"]))
+    order = list(dict.fromkeys(df["recipe"]))
     with sns.axes_style("whitegrid"):
         fig = _figure((7.0, 1.0 + 0.7 * len(order)))
         ax = fig.add_subplot()
-        sns.violinplot(data=df, x="ms", y="version", order=order, hue="version", hue_order=order,
+        sns.violinplot(data=df, x="ms", y="recipe", order=order, hue="recipe", hue_order=order,
                        legend=False, cut=0, inner="quartile", density_norm="width", ax=ax)
-        sns.stripplot(data=df, x="ms", y="version", order=order, color="k", size=2, alpha=0.4,
+        sns.stripplot(data=df, x="ms", y="recipe", order=order, color="k", size=2, alpha=0.4,
                       jitter=0.15, ax=ax)
         for i, name in enumerate(order):
-            vals = df.loc[df["version"] == name, "ms"]
+            vals = df.loc[df["recipe"] == name, "ms"]
             ax.annotate(f"p50 {float(np.median(vals)):.1f} ms", (float(vals.max()), i), xytext=(6, 0),
                         textcoords="offset points", ha="left", va="center", fontsize=8)
         lo, hi = float(df["ms"].min()), float(df["ms"].max())
@@ -353,14 +263,14 @@ def plot_latency_distribution(samples: Mapping[str, Sequence[float]], path: Path
 
 def plot_latency_cdf(samples: Mapping[str, Sequence[float]], path: PathLike,
                      title: str = "Latency CDF", log_x: bool = False) -> Path:
-    """Empirical CDF of per-image latency (ms) per version, with the p50 / p99 levels marked."""
+    """Empirical CDF of per-image latency (ms) per recipe, with the p50 / p99 levels marked."""
     import seaborn as sns
 
     df = _long_samples(samples)
     with sns.axes_style("whitegrid"):
         fig = _figure((7.0, 4.0))
         ax = fig.add_subplot()
-        sns.ecdfplot(data=df, x="ms", hue="version", ax=ax, log_scale=log_x)
+        sns.ecdfplot(data=df, x="ms", hue="recipe", ax=ax, log_scale=log_x)
         for q in (0.5, 0.99):
             ax.axhline(q, color="0.6", lw=0.8, ls="--")
             ax.text(1.0, q, f" p{int(q * 100)}", transform=ax.get_yaxis_transform(), va="center",
@@ -450,8 +360,8 @@ def plot_speedup_waterfall(stages: Sequence[Tuple[str, float]], path: PathLike,
 
 
 __all__ = [
-    "to_jsonable",
-    "write_results",
+    "efficiency_table",
+    "paired_table",
     "pct_change",
     "latency_table",
     "stage_chain_table",
@@ -467,13 +377,78 @@ __all__ = [
 
 
 def efficiency_table(flops_per_image: float, peak_flops: float, latencies_ms: Mapping[str, float]) -> pd.DataFrame:
-    """How far each version is from the device's limit: model FLOPs per image over its mean latency,
-    against the measured matmul peak. Columns: version / latency_ms / GFLOP/s / fraction of peak."""
-    from blendstudy.profile import efficiency
-
+    """How far each recipe is from the device's limit: model FLOPs per image over its mean latency,
+    against the measured matmul peak. Columns: recipe / latency_ms / GFLOP/s / fraction of peak."""
     rows = []
     for name, ms in latencies_ms.items():
         eff = efficiency(flops_per_image, ms, peak_flops)
-        rows.append({"version": name, "latency_ms": ms, "GFLOP/s": eff.achieved_flops / 1e9,
+        rows.append({"recipe": name, "latency_ms": ms, "GFLOP/s": eff.achieved_flops / 1e9,
                      "peak GFLOP/s": peak_flops / 1e9, "fraction of peak": eff.fraction_of_peak})
-    return pd.DataFrame(rows, columns=["version", "latency_ms", "GFLOP/s", "peak GFLOP/s", "fraction of peak"])
+    return pd.DataFrame(rows, columns=["recipe", "latency_ms", "GFLOP/s", "peak GFLOP/s", "fraction of peak"])
+
+
+# ----------------------------------------------------------------------------- the study's records
+def gate_line(gate: Mapping[str, bool], note: str = "") -> str:
+    """The gate verdicts the study decided, as one markdown line (PASS / FAIL per comparison)."""
+    verdicts = " · ".join(f"**{k}: {'PASS' if ok else 'FAIL'}**" for k, ok in gate.items())
+    return f"{verdicts} · {note}" if note else verdicts
+
+
+def stage_table(profiles: Mapping[str, StageProfile]) -> pd.DataFrame:
+    """Median ms per pipeline stage (rows) for each profile (columns)."""
+    return pd.DataFrame({k: p.stage_ms for k, p in profiles.items()}).round(2)
+
+
+def profile_overhead_table(profiles: Mapping[str, StageProfile]) -> pd.DataFrame:
+    """Per profile: profiled total, unprofiled end-to-end, the profiler's overhead (ms), peak memory."""
+    return pd.DataFrame({k: {"profiled total ms": p.total_ms, "end-to-end ms": p.end_to_end_ms,
+                             "profiler overhead ms": p.overhead_ms, "peak memory MiB": p.peak_memory_mb}
+                         for k, p in profiles.items()})
+
+
+def efficiency_row(eff: Efficiency) -> pd.DataFrame:
+    """FLOPs per image, latency, achieved FLOP/s against the measured matmul peak."""
+    return pd.DataFrame([{"GFLOPs/image": eff.flops_per_image / 1e9, "latency ms": eff.latency_ms,
+                          "achieved GFLOP/s": eff.achieved_flops / 1e9, "matmul peak GFLOP/s": eff.peak_flops / 1e9,
+                          "fraction of peak": f"{eff.fraction_of_peak:.1%}"}])
+
+
+def sweep_table(sweep: Sequence[SweepResult]) -> pd.DataFrame:
+    """P2's sweep: one row per runtime setting (its own worker process) with what that process
+    read back (threads, cores) beside what the setting asked for."""
+    return pd.DataFrame([{"setting": r.config.name, "env": r.config.env,
+                          "cores asked": len(r.config.cpu_cores or []) or "-",
+                          "threads read back": r.process.get("torch_threads"),
+                          "cores read back": len(r.process.get("cpu_affinity") or []) or None,
+                          "mean ms": r.mean_ms, "P50 ms": r.p50_ms, "P99 ms": r.p99_ms, "error": r.error}
+                         for r in sweep])
+
+
+def extras_table(extras: Any) -> pd.DataFrame:
+    """P4's extra recipes: paired speedup against the baseline (median, CI), mean and P99/P50 of
+    the recipe's own run, and the gate's verdict (an ExtrasResult)."""
+    rows = []
+    for r, c in extras.paired_vs_baseline.items():
+        s = extras.latency[r].stats
+        rows.append({"recipe": r, "median speedup vs baseline": c.median_speedup, "CI low": c.ci_low,
+                     "CI high": c.ci_high, "mean ms": s.mean, "P99/P50": s.p99 / s.p50,
+                     "gate": "-" if r not in extras.gate else ("pass" if extras.gate[r] else "FAIL")})
+    for r, other in getattr(extras, "same_as", {}).items():  # this device runs it as another recipe's pipeline
+        rows.append({"recipe": r, "gate": f"same pipeline as {other} here (its switches are skipped)"})
+    return pd.DataFrame(rows)
+
+
+def tail_table(recipe: str, tail: TailBreakdown) -> pd.DataFrame:
+    """The tail split: P99/P50 over all calls, over the per-image medians, and of the control run."""
+    return pd.DataFrame([{"recipe": recipe, "P99/P50 (all calls)": tail.p99_over_p50,
+                          "P99/P50 of per-image medians": tail.content_p99_over_p50,
+                          "slowest image": f"{tail.slowest_input} ({tail.slowest_input_ms:.1f} ms)",
+                          "control image": f"{tail.control_input} x {tail.control_calls}",
+                          "control P99/P50": tail.control_p99_over_p50}]).round(3)
+
+
+def process_table(processes: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """Which process measured what: pid, interactive, torch threads, cores, runtime variables."""
+    return pd.DataFrame([{"role": k, "pid": p.get("pid"), "interactive": p.get("interactive"),
+                          "torch threads": p.get("torch_threads"), "cores": len(p.get("cpu_affinity") or []),
+                          "env": p.get("env")} for k, p in processes.items()])

@@ -1,19 +1,21 @@
-"""P2 runtime tuning: candidate settings per device, a sweep that runs each setting in its own
-process (TASK_QUEUE_ENABLE is read when torch_npu initialises — NPU_NOTES "Runtime knobs"), and the
-best setting written out for the later stages (like the seed's runtime_best_config.sh)."""
+"""P2 runtime settings: the candidates per device, how a setting starts a worker process
+(TASK_QUEUE_ENABLE, OMP_NUM_THREADS and core binding are read when a process starts: each setting
+is measured in its own worker, blendstudy.study.protocol.run_sweep), what can still be applied
+inside a running process, and the best setting written out for the later stages (like the seed's
+runtime_best_config.sh)."""
 
 from __future__ import annotations
 
 import json
 import os
 import shlex
-import subprocess
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
+
+from blendstudy.device import cpu_affinity_conf, local_cores
 
 
 @dataclass
@@ -37,40 +39,63 @@ class RuntimeConfig:
         return RuntimeConfig(**d)
 
 
+#: glibc allocator thresholds that keep large freed blocks in the heap (mallopt M_MMAP_THRESHOLD /
+#: M_TRIM_THRESHOLD, read from the environment when the process starts)
+MALLOC_KEEP = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "1073741824"}
+
+
 def runtime_candidates(device: torch.device, cores: Optional[Sequence[int]] = None,
                        limit: Optional[int] = None) -> List[RuntimeConfig]:
-    """The sweep of the seed's P2 adapted to the device. `cores`: the NUMA-local cores to bind
-    to (the seed used 144-167 for NPU 1); default: all cores this process may use."""
-    cores = list(cores) if cores else sorted(os.sched_getaffinity(0))
+    """The sweep of the seed's P2 adapted to the device. ``cores``: the cores to bind to -- the
+    params' range for this device, else the device's NUMA-local cores (device.local_cores; the
+    seed used 144-167 for NPU 1). A binding candidate that would bind to every core this process
+    may already use is left out: it changes nothing."""
+    cores = sorted(cores) if cores else local_cores(device)
     n = len(cores)
+    binds = set(cores) != set(os.sched_getaffinity(0))
     out: List[RuntimeConfig] = []
     if device.type == "npu":
         for tq in ("0", "1", "2"):
             out.append(RuntimeConfig(f"TQ={tq}", env={"TASK_QUEUE_ENABLE": tq}))
-        out.append(RuntimeConfig("TQ=2+bind", env={"TASK_QUEUE_ENABLE": "2"}, cpu_cores=cores))
-        out.append(RuntimeConfig("TQ=2+bind+OMP=1", env={"TASK_QUEUE_ENABLE": "2", "OMP_NUM_THREADS": "1"},
-                                 cpu_cores=cores))
+        if binds:
+            out.append(RuntimeConfig("TQ=2+bind", env={"TASK_QUEUE_ENABLE": "2"}, cpu_cores=cores))
+        out.append(RuntimeConfig("TQ=2+bind+OMP=1" if binds else "TQ=2+OMP=1",
+                                 env={"TASK_QUEUE_ENABLE": "2", "OMP_NUM_THREADS": "1"},
+                                 cpu_cores=cores if binds else None))
         out.append(RuntimeConfig("TQ=2+CPU_AFFINITY_CONF=1+OMP=1",
                                  env={"TASK_QUEUE_ENABLE": "2", "CPU_AFFINITY_CONF": "1", "OMP_NUM_THREADS": "1"}))
+        contiguous = bool(cores) and cores == list(range(cores[0], cores[-1] + 1))
+        if contiguous and getattr(device, "index", None) is not None:
+            # torch_npu binds its own threads to the card's NUMA-local range (custom form, mode 1)
+            conf = cpu_affinity_conf(1, {int(device.index): cores})
+            out.append(RuntimeConfig("TQ=2+CPU_AFFINITY_CONF=local+OMP=1",
+                                     env={"TASK_QUEUE_ENABLE": "2", "CPU_AFFINITY_CONF": conf, "OMP_NUM_THREADS": "1"}))
     elif device.type == "cuda":
         out.append(RuntimeConfig("default", cudnn_benchmark=False, tf32=False))
         out.append(RuntimeConfig("cudnn.benchmark", cudnn_benchmark=True, tf32=False))
         out.append(RuntimeConfig("cudnn.benchmark+TF32", cudnn_benchmark=True, tf32=True))
-        out.append(RuntimeConfig("cudnn.benchmark+TF32+bind+OMP=1", env={"OMP_NUM_THREADS": "1"},
-                                 cpu_cores=cores, cudnn_benchmark=True, tf32=True))
+        out.append(RuntimeConfig("cudnn.benchmark+TF32+bind+OMP=1" if binds else "cudnn.benchmark+TF32+OMP=1",
+                                 env={"OMP_NUM_THREADS": "1"}, cpu_cores=cores if binds else None,
+                                 cudnn_benchmark=True, tf32=True))
     else:
         threads = sorted({1, max(1, n // 2), n})
         for t in threads:
             out.append(RuntimeConfig(f"threads={t}", env={"OMP_NUM_THREADS": str(t)}, torch_threads=t))
-        if n > 1:
+        if n > 1 and binds:
             out.append(RuntimeConfig(f"threads={n}+bind", env={"OMP_NUM_THREADS": str(n)}, torch_threads=n,
                                      cpu_cores=cores))
+        # glibc hands multi-MB blocks back to the kernel when freed, so every image page-faults its
+        # temporaries in again; these thresholds keep them in the heap. Process-wide and permanent:
+        # measurable only in a process of its own, which the sweep and P2's pair now give.
+        out.append(RuntimeConfig(f"threads={n}+malloc", env={"OMP_NUM_THREADS": str(n), **MALLOC_KEEP},
+                                 torch_threads=n))
     return out[:limit] if limit else out
 
 
 def apply_in_process(cfg: RuntimeConfig, device: torch.device) -> Dict[str, Any]:
     """Apply what can still be applied inside a running process (affinity, threads, cuda flags).
-    Env knobs read at torch_npu import are NOT applied here: use `launch` for those."""
+    Knobs read when a process starts (TASK_QUEUE_ENABLE, OMP_NUM_THREADS ...) are NOT applied here:
+    they are the worker process's environment (worker_env)."""
     done: Dict[str, Any] = {"name": cfg.name}
     if cfg.cpu_cores:
         os.sched_setaffinity(0, cfg.cpu_cores)
@@ -91,61 +116,34 @@ def apply_in_process(cfg: RuntimeConfig, device: torch.device) -> Dict[str, Any]
     return done
 
 
-def launch(cfg: RuntimeConfig, argv: Sequence[str], timeout: Optional[float] = None) -> subprocess.CompletedProcess:
-    """Run `python -m blendstudy <argv>` in a fresh process with the setting's environment and
-    core binding (taskset-like, via preexec sched_setaffinity)."""
-    env = dict(os.environ)
-    env.update(cfg.env)
-    env["BLENDSTUDY_RUNTIME"] = json.dumps(cfg.to_dict())
-    cores = cfg.cpu_cores
-
-    def bind() -> None:
-        if cores:
-            os.sched_setaffinity(0, cores)
-
-    return subprocess.run([sys.executable, "-m", "blendstudy", *argv], env=env, preexec_fn=bind,
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def current_runtime() -> Optional[RuntimeConfig]:
-    """The setting this process was launched with by `launch`, if any."""
-    raw = os.environ.get("BLENDSTUDY_RUNTIME")
-    return RuntimeConfig.from_dict(json.loads(raw)) if raw else None
+def worker_env(cfg: Optional[RuntimeConfig], base_env: Optional[Dict[str, str]] = None,
+               base_cores: Optional[Sequence[int]] = None) -> Tuple[Dict[str, str], Optional[List[int]]]:
+    """(environment variables, cores) a worker process for ``cfg`` starts with: the params'
+    fixed runtime (``base_env``, ``base_cores``) under the setting's own. A setting that sets
+    torch_threads but no OMP_NUM_THREADS gets OMP_NUM_THREADS too (read when torch starts)."""
+    env = dict(base_env or {})
+    cores = list(base_cores) if base_cores else None
+    if cfg is not None:
+        env.update(cfg.env)
+        if cfg.torch_threads and "OMP_NUM_THREADS" not in cfg.env:
+            env["OMP_NUM_THREADS"] = str(cfg.torch_threads)
+        if cfg.cpu_cores:
+            cores = list(cfg.cpu_cores)
+    return env, cores
 
 
 @dataclass
 class SweepResult:
+    """One setting of the sweep, measured in its own worker process (ms); ``process``: what that
+    process read back (threads, cores, env); ``error``: why the setting could not be measured."""
+
     config: RuntimeConfig
     results_path: Optional[str]
     p50_ms: Optional[float]
     mean_ms: Optional[float]
     p99_ms: Optional[float]
     error: Optional[str] = None
-
-
-def run_sweep(candidates: Sequence[RuntimeConfig], bench_argv: Sequence[str], out_dir: Path,
-              timeout: Optional[float] = None, progress: bool = True) -> List[SweepResult]:
-    """Run `python -m blendstudy bench <bench_argv> --output <out_dir>/result_<i>.json` once per
-    setting, each in its own process. A failing setting is reported, not fatal."""
-    from tqdm import tqdm
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    results = []
-    for i, cfg in enumerate(tqdm(list(candidates), desc="P2 sweep", disable=not progress)):
-        path = out_dir / f"result_{i:02d}.json"
-        try:
-            proc = launch(cfg, ["bench", *bench_argv, "--output", str(path)], timeout=timeout)
-        except (OSError, subprocess.SubprocessError) as exc:  # e.g. binding to cores this machine lacks
-            results.append(SweepResult(cfg, None, None, None, None, error=f"{type(exc).__name__}: {exc}"))
-            continue
-        if proc.returncode != 0 or not path.exists():
-            tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-3:]
-            results.append(SweepResult(cfg, None, None, None, None, error=" | ".join(tail) or f"rc={proc.returncode}"))
-            continue
-        stats = json.loads(path.read_text())["extra"]["latency"]
-        results.append(SweepResult(cfg, str(path), stats["p50"], stats["mean"], stats["p99"]))
-    return results
+    process: Dict[str, Any] = field(default_factory=dict)
 
 
 def best_of(results: Sequence[SweepResult]) -> Optional[SweepResult]:

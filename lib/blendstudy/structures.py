@@ -7,6 +7,9 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
+from blendstudy.masks import decode_rle, encode_rle
+from blendstudy.ops import paste_masks
+
 
 @dataclass
 class Detections:
@@ -55,15 +58,11 @@ class Detections:
             return self.masks
         if self.raw_masks is None:
             raise ValueError("these detections carry neither full-image nor raw masks")
-        from blendstudy.ops import paste_masks
-
         return paste_masks(self.raw_masks, self.boxes, self.image_size, threshold=0.5)
 
     def to_record(self) -> Dict[str, Any]:
         """The per-image layout of the predictions JSON (as the fixture's expected.json):
         {height, width, boxes, scores, classes, masks_rle}; masks as COCO RLE of full-image masks."""
-        from blendstudy.masks import encode_rle
-
         det = self.cpu()
         h, w = self.image_size
         rec: Dict[str, Any] = {
@@ -80,8 +79,6 @@ class Detections:
     @staticmethod
     def from_record(rec: Dict[str, Any]) -> Detections:
         """Inverse of to_record (masks decoded from RLE when present)."""
-        from blendstudy.masks import decode_rle
-
         h, w = int(rec["height"]), int(rec["width"])
         masks = None
         if rec.get("masks_rle") is not None:
@@ -96,3 +93,8 @@ class Detections:
 
 
 __all__: List[str] = ["Detections"]
+
+
+def has_masks(det: Detections) -> bool:
+    """Whether the detections carry masks (full-image or raw R x R)."""
+    return det.masks is not None or det.raw_masks is not None

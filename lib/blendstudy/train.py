@@ -42,8 +42,6 @@ AP); the metrics are written next to the checkpoint as JSON.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import math
 import os
@@ -57,11 +55,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from pycocotools import mask as mask_util
 from tqdm import tqdm
 
 from blendstudy import ops
+from blendstudy.coco.convert import detections_to_coco
+from blendstudy.coco.evaluate import STAT_NAMES, evaluate_coco
+from blendstudy.coco.run import filter_detections
 from blendstudy.config import load_config
+from blendstudy.data.coco import CocoDataset
+from blendstudy.data.images import read_image
+from blendstudy.data.synthetic import synthetic_split
 from blendstudy.model import build_model
 from blendstudy.model.blendmask import BlendMask
 from blendstudy.model.fcos import compute_locations
@@ -83,7 +86,7 @@ class Recipe:
         seed: torch / numpy seed of initialization, sampling and augmentation.
         train_images, train_seed: size and generator seed of the synthetic train split.
         val_images, val_seed: size and seed of the held-out validation split (another seed, so
-            no picture is shared with training).
+            no image is shared with training).
         iterations: optimizer steps (fixed: the run is reproducible, not time-dependent).
         batch_size: images per step.
         lr, weight_decay: AdamW learning rate (1/step) and decoupled weight decay.
@@ -124,13 +127,13 @@ RECIPES: Dict[str, Recipe] = {
 
 @dataclass
 class Sample:
-    """One augmented training picture.
+    """One augmented training image.
 
     image: (3, h, w) float32 BGR, resized (not normalized, not padded).
     boxes: (G, 4) float32 xyxy GT boxes in resized-image pixels.
     classes: (G,) int64 contiguous class ids.
     mask_targets: (G, R, R) float32 {0, 1} GT masks cropped to their boxes, resized to R x R.
-    sem: (h, w) int64 thing label map of the resized picture (0 = background, class + 1).
+    sem: (h, w) int64 thing label map of the resized image (0 = background, class + 1).
     """
 
     image: torch.Tensor
@@ -140,28 +143,11 @@ class Sample:
     sem: torch.Tensor
 
 
-def dataset_dir(root: Path, split: str, seed: int) -> Path:
-    return root / f"synthetic_{split}_seed{seed}"
-
-
-def ensure_synthetic(root: Path, split: str, seed: int, num_images: int):
-    """The synthetic split (CocoDataset), generated into ``root/synthetic_<split>_seed<seed>``
-    unless an annotation file with the same number of images is already there."""
-    from blendstudy.data import CocoDataset, generate_synthetic_coco
-
-    out = dataset_dir(root, split, seed)
-    ann = out / "annotations" / f"instances_{split}.json"
-    ok = False
-    if ann.is_file():
-        try:
-            with open(ann, encoding="utf-8") as f:
-                ok = len(json.load(f)["images"]) == num_images
-        except (OSError, ValueError, KeyError):
-            ok = False
-    if not ok:
-        generate_synthetic_coco(out, num_images, seed=seed, split_name=split, overwrite=True,
-                                show_progress=True)
-    return CocoDataset(ann, out / split)
+def ensure_synthetic(root: Path, split: str, seed: int, num_images: int) -> CocoDataset:
+    """The synthetic split (CocoDataset) of the tiny model, generated on first use
+    (blendstudy.data.synthetic.synthetic_split names its folder)."""
+    ann, image_dir = synthetic_split(root, split, num_images, seed=seed, show_progress=True)
+    return CocoDataset(ann, image_dir)
 
 
 def _ann_mask(coco, ann: Dict[str, Any]) -> np.ndarray:
@@ -186,8 +172,6 @@ class TrainData:
         return len(self.ids)
 
     def load(self, index: int, rng: np.random.Generator) -> Sample:
-        from blendstudy.data import read_image
-
         image_id = self.ids[index]
         img = read_image(self.ds.image_path(image_id), "BGR")
         anns = [a for a in self.ds.annotations(image_id) if not a.get("iscrowd", 0)]
@@ -231,7 +215,7 @@ def batch_indices(n: int, batch_size: int, iteration: int, seed: int) -> List[in
 
 
 def collate(samples: Sequence[Sample], model: BlendMask) -> Tuple[torch.Tensor, List[Tuple[int, int]]]:
-    """Normalize and zero-pad the pictures (bottom/right) to the size divisibility: (N, 3, H, W)."""
+    """Normalize and zero-pad the images (bottom/right) to the size divisibility: (N, 3, H, W)."""
     m = model.size_divisibility
     hs = [s.image.shape[1] for s in samples]
     ws = [s.image.shape[2] for s in samples]
@@ -473,59 +457,20 @@ def compute_losses(model: BlendMask, images: torch.Tensor, samples: Sequence[Sam
 # evaluation
 
 
-def _to_coco_results(det, image_id: int, contiguous_to_cat: Dict[int, int]) -> List[Dict[str, Any]]:
-    out = []
-    boxes = det.boxes.numpy()
-    scores = det.scores.numpy()
-    classes = det.classes.numpy()
-    masks = det.masks.numpy() if det.masks is not None else None
-    for k in range(len(scores)):
-        x0, y0, x1, y1 = (float(v) for v in boxes[k])
-        rec = {"image_id": int(image_id), "category_id": int(contiguous_to_cat[int(classes[k])]),
-               "bbox": [x0, y0, x1 - x0, y1 - y0], "score": float(scores[k])}
-        if masks is not None:
-            rle = mask_util.encode(np.asfortranarray(masks[k].astype(np.uint8)))
-            rle["counts"] = rle["counts"].decode("ascii")
-            rec["segmentation"] = rle
-        out.append(rec)
-    return out
-
-
-STAT_NAMES = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
-
-
-def evaluate(model: BlendMask, cfg: Any, dataset, max_dets: int = 100,
+def evaluate(model: BlendMask, cfg: Any, dataset: CocoDataset, max_dets: int = 100,
              show_progress: bool = True) -> Dict[str, Dict[str, float]]:
     """COCO bbox and segm AP (percent) of ``model`` on ``dataset`` through the real inference
-    path (Pipeline at the config's test size and score threshold), at most ``max_dets`` per image."""
-    from pycocotools.cocoeval import COCOeval
-
-    from blendstudy.data import read_image
-
+    path (Pipeline at the config's test size and score threshold), at most ``max_dets`` per image,
+    scored by the study's one COCO evaluation (blendstudy.coco.evaluate)."""
     model.eval()
     pipe = Pipeline.from_config(cfg, model)
     results: List[Dict[str, Any]] = []
     for image_id in tqdm(dataset.image_ids, desc="eval", unit="img", disable=not show_progress):
-        det = pipe(read_image(dataset.image_path(image_id), "BGR"))
-        order = torch.argsort(det.scores, descending=True)[:max_dets]
-        det = type(det)(boxes=det.boxes[order], scores=det.scores[order], classes=det.classes[order],
-                        image_size=det.image_size,
-                        masks=det.masks[order] if det.masks is not None else None)
-        results.extend(_to_coco_results(det, image_id, dataset.contiguous_to_category_id))
-    metrics: Dict[str, Dict[str, float]] = {}
-    for iou_type in ("bbox", "segm"):
-        if not results:
-            metrics[iou_type] = {k: 0.0 for k in STAT_NAMES}
-            continue
-        with contextlib.redirect_stdout(io.StringIO()):
-            dt = dataset.coco.loadRes([dict(r) for r in results])
-            ev = COCOeval(dataset.coco, dt, iou_type)
-            ev.params.maxDets = [1, 10, max_dets]
-            ev.evaluate()
-            ev.accumulate()
-            ev.summarize()
-        metrics[iou_type] = {k: round(float(v) * 100, 3) for k, v in zip(STAT_NAMES, ev.stats[:6])}
-    return metrics
+        det = filter_detections(pipe(read_image(dataset.image_path(image_id), "BGR")), None, max_dets)
+        results.extend(detections_to_coco(det, image_id, dataset.contiguous_to_category_id))
+    metrics = evaluate_coco(dataset.coco, results, ("bbox", "segm"), max_dets=max_dets,
+                            image_ids=dataset.image_ids)
+    return {t: {k: round(float(getattr(m, k)), 3) for k in STAT_NAMES[:6]} for t, m in metrics.items()}
 
 
 # ------------------------------------------------------------------------------------------------

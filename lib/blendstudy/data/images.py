@@ -1,7 +1,7 @@
 """Image reading with detectron2's ``read_image`` semantics, and image-file discovery.
 
 The reader mirrors ``detectron2.data.detection_utils.read_image`` (PIL based): the EXIF
-orientation tag is applied first, then the picture is converted with PIL to ``"RGB"`` and,
+orientation tag is applied first, then the image is converted with PIL to ``"RGB"`` and,
 for ``format="BGR"``, the channel order is reversed.  Unlike detectron2 the whole file is
 decoded inside the reader, so a broken file fails here with :class:`ImageReadError` (one
 line, ``"<path>: <problem>"``) instead of somewhere later in a pipeline.
@@ -75,7 +75,7 @@ def read_image(path: PathLike, format: str = "BGR") -> np.ndarray:
     """Read an image file the way detectron2's ``read_image(path, format)`` does.
 
     Steps: open with PIL, read the EXIF orientation tag and undo it (orientation 6, "rotate
-    90 CW to view", gives a picture whose height and width are swapped, turned 90 degrees
+    90 CW to view", gives a image whose height and width are swapped, turned 90 degrees
     clockwise; 2..8 follow the EXIF spec exactly like detectron2's ``_apply_exif_orientation``),
     decode every byte, convert with ``PIL.Image.convert("RGB")`` and, for ``"BGR"``, reverse
     the channel order.  Consequences of that PIL conversion (identical in detectron2):

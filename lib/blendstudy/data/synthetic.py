@@ -1,15 +1,15 @@
 """Deterministic synthetic COCO-format instance-segmentation data ("shapes"), and bad-image fixtures.
 
-Each picture is a smooth random colour field plus pixel noise, with 1..N filled shapes
+Each image is a smooth random colour field plus pixel noise, with 1..N filled shapes
 (:data:`SHAPES`) painted on it in random colours (independent of the class), positions,
 sizes, rotations and aspect ratios.  Object areas are drawn from COCO's small / medium /
-large buckets (< 32**2, 32**2..96**2, > 96**2 pixels for a 480x640 picture, scaled by the
-picture's area for other sizes).
+large buckets (< 32**2, 32**2..96**2, > 96**2 pixels for a 480x640 image, scaled by the
+image's area for other sizes).
 
 Exactness.  Every shape is a polygon (circles and ellipses are dense regular polygons, so
 the polygon *is* the geometry) whose vertices lie on a 1/8-pixel grid.  Its pixels are
 rasterised with pycocotools' own polygon rasteriser (``frPyObjects``), i.e. the very
-routine ``COCO.annToMask`` uses, and the picture is painted through exactly that mask with
+routine ``COCO.annToMask`` uses, and the image is painted through exactly that mask with
 no anti-aliasing.  PIL's ``ImageDraw.polygon`` was measured to disagree with pycocotools
 on ~3% of the pixels of random polygons, hence pycocotools is the rasteriser.  A stored
 polygon therefore decodes (``annToMask``) to exactly the painted pixels.
@@ -27,8 +27,8 @@ annotated and no annotation is hidden below the threshold.  With ``occlusion=Fal
 candidate must not touch any earlier object at all.  ``area`` is the visible pixel count
 and ``bbox`` the tight ``[x, y, w, h]`` box of the visible pixels (integers, pixels).
 
-Determinism.  Picture ``i`` uses ``numpy.random.Generator(PCG64(SeedSequence(seed,
-spawn_key=(i,))))`` so it does not depend on how many pictures are generated; PNGs are
+Determinism.  Image ``i`` uses ``numpy.random.Generator(PCG64(SeedSequence(seed,
+spawn_key=(i,))))`` so it does not depend on how many images are generated; PNGs are
 written by PIL with fixed parameters and no time stamp, the JSON with sorted keys.  Same
 seed and arguments -> byte-identical files (same numpy / Pillow / zlib builds).
 """
@@ -67,10 +67,10 @@ __all__ = [
 #: The shape classes, in default category order (category id = position + 1).
 SHAPES: Tuple[str, ...] = ("circle", "ellipse", "rectangle", "triangle", "hexagon", "star", "ring", "cross")
 
-#: Default picture size, (height, width) in pixels.
+#: Default image size, (height, width) in pixels.
 DEFAULT_IMAGE_SIZE: Tuple[int, int] = (480, 640)
 
-_REFERENCE_AREA = 480 * 640  # COCO area buckets are defined for pictures of about this many pixels
+_REFERENCE_AREA = 480 * 640  # COCO area buckets are defined for images of about this many pixels
 _SIMPLY_CONNECTED = frozenset(SHAPES) - {"ring"}
 _GRID = 8.0  # polygon vertices lie on a 1/8-pixel grid: exact in binary, so shifts are exact
 _FILE_RE = re.compile(r"^\d{6,}\.png$")
@@ -78,11 +78,11 @@ _FILE_RE = re.compile(r"^\d{6,}\.png$")
 
 @dataclass(frozen=True)
 class SyntheticConfig:
-    """Everything (besides seed and index) that determines a synthetic picture.
+    """Everything (besides seed and index) that determines a synthetic image.
 
     Attributes:
-        image_sizes: candidate (height, width) sizes in pixels; each picture draws one.
-        objects_per_image: inclusive (min, max) number of objects *attempted* per picture.
+        image_sizes: candidate (height, width) sizes in pixels; each image draws one.
+        objects_per_image: inclusive (min, max) number of objects *attempted* per image.
         classes: shape names (subset of :data:`SHAPES`); category ids are 1.. in this order.
         occlusion: allow later objects to cover earlier ones (see the module docstring).
         min_visible_fraction: an object must keep this fraction of its pixels visible.
@@ -129,10 +129,10 @@ class SyntheticConfig:
 
 @dataclass
 class RenderedImage:
-    """One rendered picture.
+    """One rendered image.
 
     Attributes:
-        image: (H, W, 3) uint8 RGB picture.
+        image: (H, W, 3) uint8 RGB image.
         label_map: (H, W) uint16; 0 = background, k = the painted, visible pixels of
             ``annotations[k - 1]`` (exactly what its segmentation decodes to).
         annotations: COCO annotation dicts without ``id`` / ``image_id`` (category_id,
@@ -150,7 +150,7 @@ class RenderedImage:
 
 @dataclass(frozen=True)
 class SyntheticDataset:
-    """Where a generated dataset lies, and how to re-render any of its pictures.
+    """Where a generated dataset lies, and how to re-render any of its images.
 
     Attributes:
         root: the output folder.
@@ -169,7 +169,7 @@ class SyntheticDataset:
     config: SyntheticConfig
 
     def render(self, index: int) -> RenderedImage:
-        """Re-render picture ``index`` (0-based; image id = index + 1) in memory."""
+        """Re-render image ``index`` (0-based; image id = index + 1) in memory."""
         return render_synthetic_image(self.seed, index, self.config)
 
 
@@ -290,7 +290,7 @@ def _sample_placement(shape: str, category_id: int, rng: np.random.Generator, he
     ys = [p[1] for p in outer_t]
     bw, bh = max(xs) - min(xs), max(ys) - min(ys)
     fit = min(1.0, (width - 4.0) / bw, (height - 4.0) / bh)
-    if fit < 1.0:  # too big for this picture: shrink to fit
+    if fit < 1.0:  # too big for this image: shrink to fit
         outer_t = [(x * fit, y * fit) for x, y in outer_t]
         hole_t = [(x * fit, y * fit) for x, y in hole_t] if hole_t else None
         xs = [p[0] for p in outer_t]
@@ -317,7 +317,7 @@ def _sample_placement(shape: str, category_id: int, rng: np.random.Generator, he
         return [v - (x0 if i % 2 == 0 else y0) for i, v in enumerate(flat)]
 
     # translation by whole pixels of 1/8-grid vertices is exact, so rasterising on the crop
-    # gives exactly the pixels pycocotools gives on the whole picture (checked by the tests)
+    # gives exactly the pixels pycocotools gives on the whole image (checked by the tests)
     mask = _rasterize([shift(outer_f)], y1 - y0, x1 - x0)
     if hole_f is not None:
         mask &= ~_rasterize([shift(hole_f)], y1 - y0, x1 - x0)
@@ -332,7 +332,7 @@ def _sample_placement(shape: str, category_id: int, rng: np.random.Generator, he
 
 
 def _image_rng(seed: int, index: int) -> np.random.Generator:
-    """The generator of picture ``index``: PCG64 seeded by SeedSequence(seed, spawn_key=(index,))."""
+    """The generator of image ``index``: PCG64 seeded by SeedSequence(seed, spawn_key=(index,))."""
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence(int(seed), spawn_key=(int(index),))))
 
 
@@ -382,12 +382,12 @@ def _paint(rng: np.random.Generator, canvas: np.ndarray, p: _Placed, noise: int)
 
 
 def render_synthetic_image(seed: int, index: int, config: Optional[SyntheticConfig] = None) -> RenderedImage:
-    """Render picture ``index`` of the synthetic dataset with ``seed`` and ``config``.
+    """Render image ``index`` of the synthetic dataset with ``seed`` and ``config``.
 
     Pure function of its arguments (see the module docstring for the rules).
 
     Returns:
-        :class:`RenderedImage` with the RGB picture, the label map of visible pixels and the
+        :class:`RenderedImage` with the RGB image, the label map of visible pixels and the
         COCO annotations (pixel units).
     """
     cfg = config or SyntheticConfig()
@@ -496,11 +496,11 @@ def generate_synthetic_coco(
 
     Args:
         out_dir: output folder (created).
-        num_images: number of pictures (>= 0).
-        seed: master seed; picture i depends only on (seed, i, config).
+        num_images: number of images (>= 0).
+        seed: master seed; image i depends only on (seed, i, config).
         image_size: one (height, width) in pixels, or a sequence of them from which each
-            picture draws one uniformly (e.g. ``[(480, 640), (2304, 3840)]``).
-        objects_per_image: inclusive (min, max) objects attempted per picture, or an int.
+            image draws one uniformly (e.g. ``[(480, 640), (2304, 3840)]``).
+        objects_per_image: inclusive (min, max) objects attempted per image, or an int.
         classes: shape names from :data:`SHAPES`; None -> all of them.
         occlusion: let later objects partly cover earlier ones.
         split_name: names the image folder and the annotation file.
@@ -508,7 +508,7 @@ def generate_synthetic_coco(
         noise: per-pixel uniform noise amplitude (0..255 levels); 0 gives much smaller PNGs.
         overwrite: replace an existing dataset of this split (its ``NNNNNN.png`` files are
             removed first); if False an existing annotation file raises FileExistsError.
-        show_progress: tqdm bar on stderr; None -> only for 50 pictures or more.
+        show_progress: tqdm bar on stderr; None -> only for 50 images or more.
         png_compress_level: zlib level of the PNGs (1 = fast; any fixed value is deterministic).
 
     Returns:
@@ -668,3 +668,21 @@ def ensure_synthetic_coco(out_dir: PathLike, num_images: int, seed: int = 0, spl
     if not ann.exists():
         generate_synthetic_coco(out, num_images, seed=seed, split_name=split_name, overwrite=True, **kwargs)
     return ann, out / split_name
+
+
+def synthetic_split(root: PathLike, split: str, num_images: int, seed: int = 0,
+                    image_size: Union[Tuple[int, int], Sequence[Tuple[int, int]]] = DEFAULT_IMAGE_SIZE,
+                    objects_per_image: Tuple[int, int] = (1, 6), show_progress: bool = False) -> Tuple[Path, Path]:
+    """(ann_file, image_dir) of the synthetic split named by its arguments, generated on first use
+    under ``root``. The ONE naming of synthetic splits (study params, CLI, training, tests):
+    ``synthetic_<split>_seed<seed>_<n>_<HxW[_HxW...]>[_obj<lo>-<hi>]``, so a different request
+    never reuses another's folder. Image i depends only on (seed, i, sizes, objects)."""
+    sizes = [tuple(image_size)] if isinstance(image_size[0], int) else [tuple(s) for s in image_size]
+    tag = "_".join("x".join(str(v) for v in sz) for sz in sizes)
+    if tuple(objects_per_image) != (1, 6):
+        tag += "_obj" + "-".join(str(v) for v in objects_per_image)
+    out = Path(root) / f"synthetic_{split}_seed{seed}_{int(num_images)}_{tag}"
+    size_arg = sizes[0] if len(sizes) == 1 else sizes
+    return ensure_synthetic_coco(out, int(num_images), seed=int(seed), image_size=size_arg,
+                                 objects_per_image=tuple(objects_per_image), split_name=split,
+                                 show_progress=show_progress)

@@ -98,7 +98,9 @@ def build_model(cfg: Any) -> BlendMask:
     bottom_up = ResNet(depth=r.DEPTH, out_features=r.OUT_FEATURES, norm=r.NORM,
                        stem_out_channels=r.STEM_OUT_CHANNELS, res2_out_channels=r.RES2_OUT_CHANNELS,
                        num_groups=r.NUM_GROUPS, width_per_group=r.WIDTH_PER_GROUP,
-                       stride_in_1x1=r.STRIDE_IN_1X1, res5_dilation=r.RES5_DILATION)
+                       stride_in_1x1=r.STRIDE_IN_1X1, res5_dilation=r.RES5_DILATION,
+                       deform_on_per_stage=r.DEFORM_ON_PER_STAGE, deform_modulated=r.DEFORM_MODULATED,
+                       deform_num_groups=r.DEFORM_NUM_GROUPS, deform_interval=r.DEFORM_INTERVAL)
     fcos = m.FCOS
     backbone = FPN(bottom_up, m.FPN.IN_FEATURES, m.FPN.OUT_CHANNELS, norm=m.FPN.NORM,
                    top_levels=fcos.TOP_LEVELS, fuse_type=m.FPN.FUSE_TYPE)

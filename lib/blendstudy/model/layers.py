@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from blendstudy.ops.deform_conv import deform_conv2d
+
 
 class FrozenBatchNorm2d(nn.Module):
     """BatchNorm with fixed statistics and affine parameters (detectron2's FrozenBN): buffers
@@ -62,3 +64,39 @@ class ConvNorm(nn.Conv2d):
         if self.activation:
             x = F.relu(x)
         return x
+
+
+class DeformConvNorm(ConvNorm):
+    """detectron2's DeformConv / ModulatedDeformConv layer: the deformable convolution's `weight`
+    (and `bias`, None in ResNet), then the optional `norm` and activation. forward(x, offset, mask)
+    takes the offsets (and, modulated, the sigmoid-ed mask) computed by the block's `conv2_offset`.
+    A ConvNorm subclass, so fold_frozen_bn folds its norm into weight and bias like any other.
+    The kernel is blendstudy.ops.deform_conv.deform_conv2d's choice (deform_kernel_info)."""
+
+    def __init__(self, *args, deformable_groups: int = 1, modulated: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.padding_mode != "zeros" or isinstance(self.padding, str):
+            raise ValueError("DeformConvNorm supports integer zero padding only")
+        self.deformable_groups = deformable_groups
+        self.modulated = modulated
+
+    @property
+    def offset_channels(self) -> int:
+        """Channels of the offset conv: (2 or 3) * kh * kw * deformable groups (18 / 27 for 3x3)."""
+        kh, kw = self.kernel_size
+        return (3 if self.modulated else 2) * kh * kw * self.deformable_groups
+
+    def forward(self, x: torch.Tensor, offset: torch.Tensor,  # type: ignore[override]
+                mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if self.modulated and mask is None:
+            raise ValueError("modulated deformable conv needs a mask")
+        x = deform_conv2d(x, offset, self.weight, self.bias, stride=self.stride, padding=self.padding,
+                          dilation=self.dilation, mask=mask if self.modulated else None)
+        if self.norm is not None:
+            x = self.norm(x)
+        if self.activation:
+            x = F.relu(x)
+        return x
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, deformable_groups={self.deformable_groups}, modulated={self.modulated}"

@@ -1,22 +1,23 @@
 """Latency instruments: per-image end-to-end timing and paired A/B comparison.
 
 Every duration in this module is in MILLISECONDS (``*_ms`` names, and all fields of
-:class:`LatencyStats` except ``n`` and ``throughput``). Clocks are ``time.perf_counter``;
-the device is synchronized only at the measured boundaries (right before a call starts and
-right after it returns), so queued asynchronous device work is charged to the call that queued it
-and nothing else is inside the timed window.
+:class:`LatencyStats` except ``n`` and ``throughput``). Every call is timed by the study's one
+device-synchronised clock (:func:`blendstudy.measure.clock.timed_call`). A paired A/B takes two
+"timers" (image index -> ms), so the two sides can be two pipelines of this process or two worker
+processes with different runtime settings (:mod:`blendstudy.measure.worker`).
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
-from blendstudy.device import peak_memory_mb, reset_peak_memory, synchronize
+from blendstudy.device import peak_memory_mb, reset_peak_memory
+from blendstudy.jsonable import to_jsonable
+from blendstudy.measure.clock import timed_call
 
 Inputs = Union[Sequence[Any], Mapping[str, Any]]
 
@@ -65,8 +66,6 @@ class LatencyStats:
         )
 
     def to_dict(self) -> Dict[str, float]:
-        from blendstudy.report import to_jsonable
-
         return to_jsonable(self)
 
 
@@ -101,8 +100,6 @@ class LatencyRun:
         return {k: float(np.median(v)) for k, v in groups.items()}
 
     def to_dict(self) -> Dict[str, Any]:
-        from blendstudy.report import to_jsonable
-
         return to_jsonable(self)
 
 
@@ -112,15 +109,6 @@ def _as_named_inputs(inputs: Inputs) -> Tuple[List[str], List[Any]]:
         return [str(k) for k in inputs.keys()], list(inputs.values())
     items = list(inputs)
     return [str(i) for i in range(len(items))], items
-
-
-def _timed_call(fn: Callable[[Any], Any], x: Any, device: torch.device) -> float:
-    """One synchronized call; returns its duration in ms. The result is dropped right away."""
-    synchronize(device)
-    t0 = time.perf_counter()
-    fn(x)
-    synchronize(device)
-    return (time.perf_counter() - t0) * 1000.0
 
 
 def _progress(total: int, desc: Optional[str], enabled: bool):
@@ -155,18 +143,18 @@ def measure_latency(
 
     total = 1 + warmup + repeats * len(items)
     with _progress(total, desc, progress) as bar:
-        first_call_ms = _timed_call(fn, items[0], device)
+        first_call_ms = timed_call(fn, items[0], device)
         bar.update(1)
         warmup_ms: List[float] = []
         for i in range(warmup):
-            warmup_ms.append(_timed_call(fn, items[i % len(items)], device))
+            warmup_ms.append(timed_call(fn, items[i % len(items)], device))
             bar.update(1)
         reset_peak_memory(device)
         samples: List[float] = []
         sample_labels: List[str] = []
         for _ in range(repeats):
             for label, x in zip(labels, items):
-                samples.append(_timed_call(fn, x, device))
+                samples.append(timed_call(fn, x, device))
                 sample_labels.append(label)
                 bar.update(1)
         peak = peak_memory_mb(device)
@@ -188,7 +176,7 @@ def measure_latency(
 
 def median_input(run: LatencyRun) -> str:
     """The label of the input whose median latency is closest to the median of all inputs'
-    medians (the first such in input order): the typical picture of a run."""
+    medians (the first such in input order): the typical image of a run."""
     med = run.per_input_median_ms()
     centre = float(np.median(list(med.values())))
     return min(med, key=lambda k: abs(med[k] - centre))
@@ -199,7 +187,7 @@ class TailBreakdown:
     """Where a run's tail (P99/P50) comes from. All times in ms.
 
     p99_over_p50:          the run's own tail, over all its calls (what the study reports).
-    content_p99_over_p50:  the same ratio over the per-input medians: what the pictures themselves
+    content_p99_over_p50:  the same ratio over the per-input medians: what the images themselves
                            cost more or less (their size after resizing, their detections), with
                            the repeats' jitter taken out.
     control_p99_over_p50:  the tail of ONE input called as many times in a row (the control run,
@@ -225,8 +213,6 @@ class TailBreakdown:
     control_p99_over_p50: Optional[float] = None
 
     def to_dict(self) -> Dict[str, Any]:
-        from blendstudy.report import to_jsonable
-
         return to_jsonable(self)
 
 
@@ -325,9 +311,10 @@ class PairedComparison:
         )
 
     def to_dict(self) -> Dict[str, Any]:
-        from blendstudy.report import to_jsonable
-
         return to_jsonable(self)
+
+
+Timer = Callable[[int], float]  # image index -> one timed call of that image, in ms
 
 
 def paired_compare(
@@ -344,42 +331,62 @@ def paired_compare(
     name_b: str = "B",
     confidence: float = 0.95,
 ) -> PairedComparison:
-    """Compare two pipelines image by image, interleaved so machine drift cancels out.
+    """Compare two pipelines of this process image by image, interleaved so machine drift cancels
+    out (:func:`paired_timers` with both sides timed by the synchronised clock on ``device``)."""
+    labels, items = _as_named_inputs(inputs)
+    dev = torch.device(device)
+    return paired_timers(lambda i: timed_call(fn_a, items[i], dev), lambda i: timed_call(fn_b, items[i], dev),
+                         labels, rounds=rounds, warmup=warmup, n_boot=n_boot, seed=seed, progress=progress,
+                         name_a=name_a, name_b=name_b, confidence=confidence)
 
-    First each pipeline gets one first call plus ``warmup`` warm-up calls (alternating, untimed in
-    the result). Then, for every round and every image, A and B run back to back on that image;
+
+def paired_timers(
+    time_a: Timer,
+    time_b: Timer,
+    labels: Sequence[str],
+    rounds: int = 3,
+    warmup: int = 2,
+    n_boot: int = 2000,
+    seed: int = 0,
+    progress: bool = True,
+    name_a: str = "A",
+    name_b: str = "B",
+    confidence: float = 0.95,
+) -> PairedComparison:
+    """The paired A/B protocol over two timers (image index -> ms of one call on that image).
+
+    First each side gets one first call plus ``warmup`` warm-up calls (alternating, not in the
+    result). Then, for every round and every image, A and B run back to back on that image;
     which one goes first alternates with (round + image index) so neither systematically profits
     from a warm cache or suffers from the other's leftovers. Per image the median over rounds is
     kept; the reported speedup of B over A is ``a_ms / b_ms`` per image (see PairedComparison).
     """
-    device = torch.device(device)
-    labels, items = _as_named_inputs(inputs)
-    if not items:
+    labels = [str(x) for x in labels]
+    if not labels:
         raise ValueError("paired_compare needs at least one input")
     if rounds < 1 or warmup < 0:
         raise ValueError(f"need rounds >= 1 and warmup >= 0, got rounds={rounds}, warmup={warmup}")
 
-    n = len(items)
+    n = len(labels)
     total = 2 * (1 + warmup) + 2 * rounds * n
     a_rounds: List[List[float]] = []
     b_rounds: List[List[float]] = []
     with _progress(total, f"{name_a} vs {name_b}", progress) as bar:
         for i in range(1 + warmup):
-            x = items[i % n]
-            order = (fn_a, fn_b) if i % 2 == 0 else (fn_b, fn_a)
-            for fn in order:
-                _timed_call(fn, x, device)
+            order = (time_a, time_b) if i % 2 == 0 else (time_b, time_a)
+            for timer in order:
+                timer(i % n)
                 bar.update(1)
         for r in range(rounds):
             a_row: List[float] = []
             b_row: List[float] = []
-            for i, x in enumerate(items):
+            for i in range(n):
                 if (r + i) % 2 == 0:
-                    a_row.append(_timed_call(fn_a, x, device))
-                    b_row.append(_timed_call(fn_b, x, device))
+                    a_row.append(time_a(i))
+                    b_row.append(time_b(i))
                 else:
-                    b_row.append(_timed_call(fn_b, x, device))
-                    a_row.append(_timed_call(fn_a, x, device))
+                    b_row.append(time_b(i))
+                    a_row.append(time_a(i))
                 bar.update(2)
             a_rounds.append(a_row)
             b_rounds.append(b_row)
@@ -411,7 +418,11 @@ __all__ = [
     "LatencyStats",
     "LatencyRun",
     "PairedComparison",
+    "TailBreakdown",
     "measure_latency",
+    "median_input",
     "paired_compare",
+    "paired_timers",
+    "tail_breakdown",
     "bootstrap_median_ci",
 ]

@@ -9,22 +9,20 @@ error line, and renders the executed summary notebook to ``artifacts/<params nam
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
-from blendstudy.cli import UserError
+import nbformat
+import papermill as pm
+from nbconvert import HTMLExporter
+from papermill.exceptions import PapermillExecutionError
 
-#: The study's notebooks, in the order they run (later ones read earlier ones' results).
-NOTEBOOKS = ("env_check", "weights_check", "baseline", "p0_resize", "p1_decode", "p2_runtime",
-             "p3_compile", "p4_pad64", "p5_eval", "summary")
-
-#: Which notebook measures each stage recipe of blendstudy.optimize.STAGE_RECIPES.
-STAGE_NOTEBOOKS = {"baseline": "baseline", "p0": "p0_resize", "p1": "p1_decode", "p2": "p2_runtime",
-                   "p3": "p3_compile", "p4": "p4_pad64"}
+from blendstudy.errors import UserError
+from blendstudy.paths import repo_root
+from blendstudy.study.protocol import NOTEBOOKS
 
 PathLike = Union[str, Path]
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -43,15 +41,6 @@ class StudyError(UserError):
         self.notebook = notebook
         self.cell = cell
         self.executed = executed
-
-
-def repo_root() -> Path:
-    """The checkout holding notebooks/ and params/: the working directory or one of its parents,
-    else the one this (editable) package lives in."""
-    for d in (Path.cwd(), *Path.cwd().parents):
-        if (d / "notebooks").is_dir() and (d / "params").is_dir():
-            return d
-    return Path(__file__).resolve().parents[2]
 
 
 def _strip(text: str) -> str:
@@ -83,8 +72,6 @@ def _failing_line(traceback: Sequence[str]) -> Optional[str]:
 
 
 def _describe_failure(name: str, source: Path, executed: Path, exc: Exception) -> StudyError:
-    from papermill.exceptions import PapermillExecutionError
-
     if isinstance(exc, PapermillExecutionError):
         cell = _source_cell_number(source, exc.source, exc.cell_index)
         error = f"{exc.ename}: {_strip(str(exc.evalue)).strip()}".rstrip(": ")
@@ -98,23 +85,8 @@ def _describe_failure(name: str, source: Path, executed: Path, exc: Exception) -
                       name, None, executed)
 
 
-def load_results(run_folder: PathLike) -> Dict[str, Dict[str, Any]]:
-    """The results JSON of each notebook of a run (<run_folder>/results/<notebook>.json), keyed by
-    notebook name, in the study's order; notebooks that have not written one are absent."""
-    folder = Path(run_folder) / "results"
-    out: Dict[str, Dict[str, Any]] = {}
-    for name in NOTEBOOKS:
-        path = folder / f"{name}.json"
-        if path.is_file():
-            out[name] = json.loads(path.read_text(encoding="utf-8"))
-    return out
-
-
 def render_report(executed_notebook: PathLike, html_path: PathLike, exclude_input: bool = True) -> Path:
     """HTML of an executed notebook (figures embedded); code cells hidden unless exclude_input=False."""
-    import nbformat
-    from nbconvert import HTMLExporter
-
     nb = nbformat.read(str(executed_notebook), as_version=4)
     exporter = HTMLExporter(exclude_input=exclude_input, exclude_input_prompt=exclude_input,
                             exclude_output_prompt=exclude_input)
@@ -136,8 +108,6 @@ def run_study(params_file: PathLike, out_root: PathLike = "artifacts", notebooks
     Raises StudyError at the first failing notebook. The report (<run>/report.html) is rendered
     from <run>/summary.ipynb whenever that notebook ran.
     """
-    import papermill as pm
-
     root = repo_root()
     params = Path(params_file)
     if not params.is_absolute() and not params.exists():
@@ -158,7 +128,8 @@ def run_study(params_file: PathLike, out_root: PathLike = "artifacts", notebooks
         source = root / "notebooks" / f"{name}.ipynb"
         executed = run / f"{name}.ipynb"
         if not source.is_file():
-            raise StudyError(f"{source}: notebook not found (python tools/make_notebooks.py writes them)", name)
+            raise StudyError(f"{source}: notebook not found (notebooks/{name}.py is its source: "
+                             f"`jupytext --sync notebooks/{name}.py` writes it)", name)
         log(f"[{k}/{len(selected)}] {name} ...")
         t0 = time.perf_counter()
         try:
@@ -176,25 +147,4 @@ def run_study(params_file: PathLike, out_root: PathLike = "artifacts", notebooks
     return run
 
 
-# ---- CLI ------------------------------------------------------------------------------------
-def cmd_reproduce(args: argparse.Namespace) -> int:
-    names = [n.strip() for n in args.notebooks.split(",") if n.strip()] if args.notebooks else None
-    run_study(args.params, out_root=args.out_root, notebooks=names, kernel=args.kernel,
-              exclude_input=not args.with_code)
-    return 0
-
-
-def register_cli(sub: argparse._SubParsersAction) -> None:
-    """`python -m blendstudy reproduce --params params/default.yaml` (blendstudy.cli.EXTRA_COMMANDS)."""
-    r = sub.add_parser("reproduce", help="run every notebook with papermill into artifacts/<params name>/")
-    r.add_argument("--params", default="params/default.yaml", help="params YAML (default: %(default)s)")
-    r.add_argument("--out-root", default="artifacts", help="the run goes to <out-root>/<params name>/")
-    r.add_argument("--notebooks", default=None,
-                   help=f"comma-separated subset of: {','.join(NOTEBOOKS)} (default: all, in this order)")
-    r.add_argument("--kernel", default="python3", help="Jupyter kernel name")
-    r.add_argument("--with-code", action="store_true", help="keep the code cells in report.html")
-    r.set_defaults(func=cmd_reproduce)
-
-
-__all__ = ["NOTEBOOKS", "STAGE_NOTEBOOKS", "StudyError", "load_results", "render_report", "repo_root", "run_study",
-           "register_cli"]
+__all__ = ["StudyError", "render_report", "run_study"]

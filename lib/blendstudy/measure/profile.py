@@ -14,10 +14,9 @@ import torch
 from tqdm import tqdm
 
 from blendstudy import device as devmod
-from blendstudy.pipeline import Pipeline
-
-STAGES = ["read", "resize", "to-device", "normalize+pad", "backbone+FPN", "FCOS head", "decode+NMS",
-          "basis module", "blender", "mask paste", "result extraction"]
+from blendstudy.data.images import read_image
+from blendstudy.measure.clock import Stopwatch, timed_call
+from blendstudy.pipeline import STAGES, Pipeline
 
 ImageLike = Union[str, Path, np.ndarray]
 
@@ -49,59 +48,26 @@ class StageProfile:
 
 
 def _read(x: ImageLike) -> np.ndarray:
-    if isinstance(x, np.ndarray):
-        return x
-    from blendstudy.data.images import read_image
-
-    return read_image(x)
+    return x if isinstance(x, np.ndarray) else read_image(x)
 
 
 def profiled_call(pipeline: Pipeline, image: ImageLike, clock: Callable[[], float] = time.perf_counter
                   ) -> Dict[str, float]:
-    """Run one image through the pipeline's stages, synchronising the device at every boundary.
-    Returns {stage: ms}. The same stage methods as Pipeline.__call__ run, in the same order."""
-    dev = pipeline.device
+    """Run one image through the pipeline's stage sequence (Pipeline.run_stages), synchronising
+    the device at every stage boundary (measure.clock.Stopwatch). Returns {stage: ms} over STAGES
+    (0.0 for a stage this pipeline does not have), plus any stage an offline runner adds."""
+    watch = Stopwatch(pipeline.device, clock)
     t: Dict[str, float] = {}
-    sync = devmod.synchronize
+    img = _read(image)
+    t["read"] = watch.lap()
 
-    def mark(name: str, start: float) -> float:
-        sync(dev)
-        now = clock()
-        t[name] = (now - start) * 1000.0
-        return now
+    def mark(stage: str) -> None:
+        t[stage] = t.get(stage, 0.0) + watch.lap()
 
-    with torch.no_grad():
-        sync(dev)
-        s = clock()
-        img = _read(image)
-        s = mark("read", s)
-        output_size = (int(img.shape[0]), int(img.shape[1]))
-        x = pipeline.resize_cpu(img)
-        s = mark("resize", s) if pipeline.options.resize == "pil" else s
-        x = pipeline.to_device(x)
-        s = mark("to-device", s)
-        if pipeline.options.resize == "device":
-            x = pipeline.resize_device(x)
-            s = mark("resize", s)
-        batch, input_size = pipeline.normalize_pad(x)
-        s = mark("normalize+pad", s)
-        feats = pipeline.model.extract_features(batch)
-        s = mark("backbone+FPN", s)
-        head = pipeline.model.predict_head(feats)
-        s = mark("FCOS head", s)
-        proposals = pipeline.decode(head, input_size)
-        s = mark("decode+NMS", s)
-        bases = pipeline.model.compute_bases(feats)
-        s = mark("basis module", s)
-        masks = pipeline.blend(bases, proposals)
-        s = mark("blender", s)
-        proposals, masks, boxes = pipeline.rescale(proposals, masks, input_size, output_size,
-                                                   fixed_shape=proposals.valid is not None)
-        full = pipeline.paste(masks, boxes, output_size, proposals.valid)
-        s = mark("mask paste", s)
-        pipeline.extract(proposals, boxes, masks, full, output_size)
-        mark("result extraction", s)
-    return {k: t.get(k, 0.0) for k in STAGES}
+    pipeline.run_stages(img, mark)
+    out = {k: t.get(k, 0.0) for k in STAGES}
+    out.update({k: v for k, v in t.items() if k not in out})
+    return out
 
 
 def profile_stages(pipeline: Pipeline, images: Sequence[ImageLike], warmup: int = 2, repeats: int = 3,
@@ -112,7 +78,7 @@ def profile_stages(pipeline: Pipeline, images: Sequence[ImageLike], warmup: int 
     images = list(images)
     for i in range(warmup):
         profiled_call(pipeline, images[i % len(images)])
-    samples: Dict[str, List[float]] = {k: [] for k in STAGES}
+    samples: Dict[str, List[float]] = {}
     totals, e2e = [], []
     devmod.reset_peak_memory(dev)
     bar = tqdm(total=repeats * len(images), desc=desc, disable=not progress)
@@ -120,13 +86,9 @@ def profile_stages(pipeline: Pipeline, images: Sequence[ImageLike], warmup: int 
         for im in images:
             st = profiled_call(pipeline, im)
             for k, v in st.items():
-                samples[k].append(v)
+                samples.setdefault(k, []).append(v)
             totals.append(sum(st.values()))
-            devmod.synchronize(dev)
-            s = time.perf_counter()
-            pipeline(_read(im))
-            devmod.synchronize(dev)
-            e2e.append((time.perf_counter() - s) * 1000.0)
+            e2e.append(timed_call(lambda path: pipeline(_read(path)), im, dev))
             bar.update(1)
     bar.close()
     first = _read(images[0])
@@ -139,17 +101,13 @@ def profile_stages(pipeline: Pipeline, images: Sequence[ImageLike], warmup: int 
 
 # ---- efficiency -------------------------------------------------------------------------------
 def count_flops(pipeline: Pipeline, image: np.ndarray) -> float:
-    """FLOPs of the network part (backbone, head, bases, blender) for one image, counted by
-    torch.utils.flop_counter (convolutions and matmuls; elementwise ops not counted)."""
+    """FLOPs of one image through the pipeline's stage sequence (Pipeline.run_stages), counted by
+    torch.utils.flop_counter: convolutions and matmuls, i.e. the network, the attention and the
+    blender; resizing, NMS, ROIAlign and pasting are not counted."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    batch, input_size = pipeline.prepare(image)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        feats = pipeline.model.extract_features(batch)
-        head = pipeline.model.predict_head(feats)
-        proposals = pipeline.decode(head, input_size)
-        bases = pipeline.model.compute_bases(feats)
-        pipeline.blend(bases, proposals)
+        pipeline.run_stages(image)
     return float(counter.get_total_flops())
 
 
@@ -159,14 +117,8 @@ def matmul_peak_flops(device: torch.device, dtype: torch.dtype = torch.float32, 
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     torch.matmul(a, b)
-    best = float("inf")
-    for _ in range(repeats):
-        devmod.synchronize(device)
-        s = time.perf_counter()
-        torch.matmul(a, b)
-        devmod.synchronize(device)
-        best = min(best, time.perf_counter() - s)
-    return 2.0 * n ** 3 / best
+    best_ms = min(timed_call(lambda x: torch.matmul(x, b), a, device) for _ in range(repeats))
+    return 2.0 * n ** 3 / (best_ms / 1000.0)
 
 
 @dataclass

@@ -1,0 +1,148 @@
+#!/usr/bin/env python3
+"""Which environment profile (npu, cuda or cpu) this machine should install, and why.
+
+Standard library only: `make` runs it with $(PYTHON) before any virtual environment exists, and
+`blendstudy.doctor` loads this same file by path (one implementation). Python >= 3.9.
+
+    python env/detect_profile.py            ->  profile: cpu (no CANN environment, torch_npu or NVIDIA driver found)
+    python env/detect_profile.py --make     ->  cpu no CANN environment, ...   (first word = profile)
+    python env/detect_profile.py --json     ->  {"profile": "cpu", "reason": "...", "python": "3.11", ...}
+    python env/detect_profile.py --fit      ->  ok: Python 3.11.7 on x86_64 fits: cpu pins are for ...
+
+Order: PROFILE given (argument or environment) > npu > cuda > cpu.
+  npu  when CANN's environment is sourced (ASCEND_TOOLKIT_HOME or ASCEND_HOME_PATH set), the toolkit
+       is installed (/usr/local/Ascend/ascend-toolkit), or torch_npu is installed for this Python;
+  cuda when an NVIDIA driver is present (`nvidia-smi` runs, or /proc/driver/nvidia exists);
+  cpu  otherwise.
+`--root DIR` looks for the fixed paths under DIR instead of / (tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from typing import Dict, List, Mapping, Optional, Tuple
+
+PROFILES = ("npu", "cuda", "cpu")
+
+#: where CANN's toolkit installs by default (its set_env.sh sets ASCEND_TOOLKIT_HOME / ASCEND_HOME_PATH)
+ASCEND_TOOLKIT_DIR = "/usr/local/Ascend/ascend-toolkit"
+CANN_ENV_VARS = ("ASCEND_TOOLKIT_HOME", "ASCEND_HOME_PATH")
+NVIDIA_PROC_DIR = "/proc/driver/nvidia"
+
+#: what each profile's pins were resolved for (tests/test_env_profiles.py checks it with pip's resolver):
+#: (python versions, machine architectures)
+PROFILE_TARGETS: Dict[str, Tuple[Tuple[str, ...], Tuple[str, ...]]] = {
+    "npu": (("3.9",), ("aarch64",)),
+    "cuda": (("3.10", "3.11", "3.12"), ("x86_64",)),
+    "cpu": (("3.11",), ("x86_64",)),
+}
+#: lowest patch release a profile's pins accept (cpu: soupsieve 4.1.1 requires Python >= 3.11.5)
+PROFILE_MIN_PATCH: Dict[str, Tuple[int, int, int]] = {"cpu": (3, 11, 5)}
+
+
+def _under(root: str, path: str) -> str:
+    return os.path.join(root, path.lstrip("/")) if root not in ("", "/") else path
+
+
+def _nvidia_smi_works(environ: Mapping[str, str]) -> bool:
+    exe = shutil.which("nvidia-smi", path=environ.get("PATH", os.defpath))
+    if exe is None:
+        return False
+    try:
+        return subprocess.run([exe, "-L"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              timeout=15).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+def torch_npu_installed() -> bool:
+    """torch_npu is installed for this Python (found, not imported: without CANN its import fails)."""
+    try:
+        return importlib.util.find_spec("torch_npu") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def detect(profile: Optional[str] = None, environ: Optional[Mapping[str, str]] = None,
+           root: str = "/") -> Tuple[str, str]:
+    """(profile, one-line reason). `profile` (or $PROFILE) wins when given; ValueError if unknown."""
+    env = os.environ if environ is None else environ
+    given = (profile if profile is not None else env.get("PROFILE", "")).strip().lower()
+    if given:
+        if given not in PROFILES:
+            raise ValueError(f"unknown PROFILE={given!r}: use one of {', '.join(PROFILES)}")
+        return given, f"PROFILE={given} given"
+    for var in CANN_ENV_VARS:
+        if env.get(var):
+            return "npu", f"CANN environment sourced ({var}={env[var]})"
+    toolkit = _under(root, ASCEND_TOOLKIT_DIR)
+    if os.path.isdir(toolkit):
+        return "npu", f"CANN toolkit installed at {toolkit} (not sourced yet: source {ASCEND_TOOLKIT_DIR}/set_env.sh)"
+    if torch_npu_installed():
+        return "npu", f"torch_npu is installed for {sys.executable}"
+    if _nvidia_smi_works(env):
+        return "cuda", "NVIDIA driver present (nvidia-smi runs)"
+    proc = _under(root, NVIDIA_PROC_DIR)
+    if os.path.exists(proc):
+        return "cuda", f"NVIDIA driver present ({proc} exists)"
+    return "cpu", "no CANN environment, torch_npu or NVIDIA driver found"
+
+
+def python_fits(profile: str, version: Optional[Tuple[int, int, int]] = None,
+                machine: Optional[str] = None) -> Tuple[bool, str]:
+    """(ok, one line): does this Python (version, architecture) match what the profile's pins resolve for?"""
+    ver = tuple(version or sys.version_info[:3])
+    arch = (machine or platform.machine()).lower().replace("arm64", "aarch64").replace("amd64", "x86_64")
+    pythons, machines = PROFILE_TARGETS[profile]
+    here = f"Python {ver[0]}.{ver[1]}.{ver[2]} on {arch}"
+    want = f"{profile} pins are for Python {'/'.join(pythons)} on {'/'.join(machines)}"
+    if f"{ver[0]}.{ver[1]}" not in pythons or arch not in machines:
+        return False, f"{here}; {want}"
+    floor = PROFILE_MIN_PATCH.get(profile)
+    if floor is not None and ver < floor:
+        return False, f"{here}; {want} (>= {'.'.join(map(str, floor))})"
+    return True, f"{here} fits: {want}"
+
+
+def describe(profile: str, reason: str) -> Dict[str, object]:
+    ok, fit = python_fits(profile)
+    return {"profile": profile, "reason": reason, "python": platform.python_version(),
+            "machine": platform.machine(), "python_fits": ok, "python_fit": fit}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--profile", default=None, help="force a profile (same as PROFILE=...)")
+    ap.add_argument("--root", default="/", help="look for the fixed paths under this folder (tests)")
+    fmt = ap.add_mutually_exclusive_group()
+    fmt.add_argument("--make", action="store_true", help="print '<profile> <reason>' for the Makefile")
+    fmt.add_argument("--json", action="store_true", help="print a JSON object")
+    fmt.add_argument("--fit", action="store_true",
+                     help="print whether this Python fits the profile's pins ('ok: ...' or 'warning: ...')")
+    args = ap.parse_args(argv)
+    try:
+        profile, reason = detect(args.profile, root=args.root)
+    except ValueError as exc:
+        print(f"detect_profile: {exc}", file=sys.stderr)
+        return 2
+    if args.make:
+        print(f"{profile} {reason}")
+    elif args.json:
+        print(json.dumps(describe(profile, reason)))
+    elif args.fit:
+        ok, line = python_fits(profile)
+        print(f"{'ok' if ok else 'warning'}: {line}")
+    else:
+        print(f"profile: {profile} ({reason})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

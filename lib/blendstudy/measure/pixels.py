@@ -1,0 +1,26 @@
+"""How far two pipelines' resized images are apart, grey level by grey level (P0's question)."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Mapping
+
+import numpy as np
+
+__all__ = ["resize_difference"]
+
+
+def resize_difference(reference: Any, candidate: Any, images: Mapping[str, np.ndarray]) -> List[Dict[str, Any]]:
+    """Per image, how far two pipelines' resized images (`Pipeline.resize`, before
+    normalisation) are apart, in grey levels (0-255): mean, 99th percentile and max of |a - b|
+    over all pixels and channels, and the share of values that differ at all. Both must resize
+    to the same size (they share the model's min/max size)."""
+    rows: List[Dict[str, Any]] = []
+    for name, image in images.items():
+        a = reference.resize(image).float().cpu()
+        b = candidate.resize(image).float().cpu()
+        if a.shape != b.shape:
+            raise ValueError(f"{name}: resized to {tuple(a.shape)} by one pipeline and {tuple(b.shape)} by the other")
+        d = (a - b).abs().flatten().numpy()
+        rows.append({"image": name, "size": f"{a.shape[-1]}x{a.shape[-2]}", "mean": float(d.mean()),
+                     "p99": float(np.percentile(d, 99)), "max": float(d.max()), "differs": float((d > 0).mean())})
+    return rows

@@ -1,0 +1,304 @@
+"""The study's measuring steps: what runs INSIDE a worker process (blendstudy.measure.worker).
+
+Each step takes the :class:`~blendstudy.study.context.StudySpec` and rebuilds (once per process)
+the study's context from it; each returns a typed record of blendstudy.results that states the
+process it ran in. The notebook kernel never calls these directly: blendstudy.study.protocol starts
+the worker with the stage's runtime environment and calls them there. Durations in ms.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from blendstudy import device as devices
+from blendstudy import doctor, optimize
+from blendstudy.checkpoint import LoadReport
+from blendstudy.jsonable import to_jsonable
+from blendstudy.measure.clock import timed_call
+from blendstudy.measure.deform_cost import fallback_cost, r101_deform_shapes
+from blendstudy.measure.latency import LatencyRun, measure_latency, median_input, paired_compare, tail_breakdown
+from blendstudy.measure.pixels import resize_difference
+from blendstudy.measure.profile import count_flops, efficiency, matmul_peak_flops, profile_stages
+from blendstudy.measure.worker import process_info
+from blendstudy.model.layers import DeformConvNorm
+from blendstudy.ops.deform_conv import deform_kernel_info
+from blendstudy.pipeline import Pipeline
+from blendstudy.results import (
+    BaselineResult,
+    EnvCheckResult,
+    ExtrasResult,
+    LatencyResult,
+    StageResult,
+    WeightsCheckResult,
+)
+from blendstudy.runtime import RuntimeConfig
+from blendstudy.study.context import Context, StudySpec, context
+from blendstudy.study.params import profile_images
+
+__all__ = ["SEED_ENVIRONMENT", "check_environment", "check_weights", "measure_baseline", "measure_extras",
+           "measure_latency_of", "measure_stage", "prepare", "time_one"]
+
+#: The seed study's machine (docs/reference_study.md), shown beside this run's.
+SEED_ENVIRONMENT = {"python": "3.9.25", "torch": "2.8.0", "torch_npu": "2.8.0.post2", "cann": "8.5.0",
+                    "device_name": "Ascend 910B3", "cpu_model": "Kunpeng 920", "cpu_cores": 192}
+
+
+# ---------------------------------------------------------------------------- building blocks
+def _latency(ctx: Context, recipe: str, pipe: Pipeline, images: Optional[Dict[str, Any]] = None,
+             repeats: Optional[int] = None) -> LatencyResult:
+    t = ctx.params.timing
+    run = measure_latency(pipe, images or ctx.images, ctx.device, warmup=t.warmup,
+                          repeats=repeats or t.repeats, progress=False, desc=recipe)
+    return LatencyResult(recipe=recipe, stats=run.stats, samples_ms=run.samples_ms, labels=run.labels,
+                         first_call_ms=run.first_call_ms, warmup_ms=run.warmup_ms,
+                         peak_memory_mb=run.peak_memory_mb, process=process_info())
+
+
+def _paired(ctx: Context, a: str, b: str, pipes: Dict[str, Pipeline]):
+    t = ctx.params.timing
+    return paired_compare(pipes[a], pipes[b], ctx.images, ctx.device, rounds=t.rounds, warmup=t.warmup,
+                          n_boot=t.n_boot, confidence=t.confidence, progress=False, name_a=a, name_b=b)
+
+
+def distinct_shapes(ctx: Context, pipe: Pipeline) -> Dict[Tuple[int, int], str]:
+    """Each distinct padded input shape of the benchmark images -> the first image giving it."""
+    out: Dict[Tuple[int, int], str] = {}
+    for name, image in ctx.images.items():
+        out.setdefault(tuple(int(v) for v in pipe.prepare(image)[0].shape[-2:]), name)
+    return out
+
+
+def warm_shapes(ctx: Context, recipe: str, pipe: Pipeline) -> List[Dict[str, Any]]:
+    """Compile every input shape of a compiled recipe BEFORE anything is measured: the recompile
+    limit is raised to the number of shapes (dynamo's default 8 would silently leave later shapes
+    eager), then one call per distinct shape, timed and reported apart -- so no compile stall lands
+    inside a measured sample. Returns one row per shape; [] for a recipe that compiles nothing."""
+    if "compile" not in pipe.recipe_info:
+        return []
+    shapes = distinct_shapes(ctx, pipe)
+    limit = max(int(pipe.recipe_info.get("recompile_limit") or optimize.RECOMPILE_LIMIT), len(shapes))
+    knob = devices.set_recompile_limit(limit)
+    pipe.recipe_info["recompile_limit"] = limit
+    pipe.recipe_info.setdefault("recompile_limit_knob", knob)
+    rows = []
+    for shape, name in shapes.items():
+        ms = timed_call(pipe, ctx.images[name], ctx.device)
+        rows.append({"recipe": recipe, "shape (h, w)": list(shape), "image": name, "first call ms": ms,
+                     "recompile limit": limit})
+    return rows
+
+
+def _recipe_table(pipes: Dict[str, Pipeline]) -> List[Dict[str, Any]]:
+    return optimize.describe_recipes(list(pipes), {r: p.recipe_info.get("skipped", {}) for r, p in pipes.items()})
+
+
+def _stage_record(ctx: Context, stage: str, previous: str, pipes: Dict[str, Pipeline]) -> StageResult:
+    return StageResult(stage=stage, previous=previous, recipes=_recipe_table(pipes), **ctx.model_info())
+
+
+# ---------------------------------------------------------------------------- steps
+def check_environment(spec: StudySpec) -> EnvCheckResult:
+    """env_check: where this process runs (device, versions, CANN, cards), the npu status, the
+    doctor's named checks and the deformable-convolution kernel in use."""
+    params = spec.load_params()
+    device = devices.resolve_device(params.get("device", "auto"))
+    info = devices.environment_info(device)
+    npu = {"torch_npu": info.get("torch_npu"), "import error": info.get("torch_npu_error"), "CANN": info.get("cann"),
+           "npu usable": devices.npu_available(), "cuda usable": devices.cuda_available(), "chosen": str(device)}
+    checks = doctor.run_checks(params.get("device", "auto"))
+    return EnvCheckResult(device=str(device), npu=npu, environment={**info, "process": process_info()},
+                          seed_environment=SEED_ENVIRONMENT, checks=[vars(c) for c in checks.checks],
+                          kernels={"deform_conv": deform_kernel_info(device)})
+
+
+def check_weights(spec: StudySpec) -> WeightsCheckResult:
+    """weights_check: the checkpoint against the model (size, tensors, parameters, coverage)."""
+    ctx = context(spec)
+    model, check = ctx.loaded.pipeline.model, ctx.loaded.load_report
+    summary = {"config": str(ctx.params.model.config), "weights": ctx.weights,
+               "file MiB": check.file_bytes / 2**20 if check else None,
+               "checkpoint tensors": check.tensors if check else None,
+               "model tensors": len(model.state_dict()), "model parameters": sum(p.numel() for p in model.parameters()),
+               "coverage": f"{check.coverage:.1%}" if check else "n/a (random init)",
+               "strict match": check.ok if check else None}
+    return WeightsCheckResult(weights=ctx.weights, random_weights=ctx.loaded.random_weights,
+                              check=_load_report(check), summary=summary, model=ctx.loaded.describe())
+
+
+def _load_report(check: Optional[LoadReport]) -> Optional[Dict[str, Any]]:
+    if check is None:
+        return None
+    return {**to_jsonable(check), "text": check.summary(limit=10)}
+
+
+def measure_baseline(spec: StudySpec) -> BaselineResult:
+    """baseline: its latency, the stage profile at the profile sizes (profiler overhead apart), the
+    FLOP efficiency against the device's measured matmul peak."""
+    ctx = context(spec)
+    pipe = ctx.pipeline("baseline")
+    run = _latency(ctx, "baseline", pipe)
+    p = ctx.params.profile
+    profiles = {}
+    for h, w in p.image_sizes:
+        images = profile_images(ctx.params, (h, w), p.images)
+        profiles[f"{w}x{h}"] = profile_stages(pipe, images, warmup=p.warmup, repeats=p.repeats, progress=False)
+    first = next(iter(ctx.images.values()))
+    flops = count_flops(pipe, first)
+    eff = efficiency(flops, run.stats.mean, matmul_peak_flops(ctx.device))
+    deform = deform_costs(ctx, pipe, first) if any(isinstance(m, DeformConvNorm) for m in pipe.model.modules()) else []
+    return BaselineResult(recipes=_recipe_table({"baseline": pipe}), latency={"baseline": run.stats},
+                          first_call_ms={"baseline": run.first_call_ms}, samples_ms={"baseline": run.samples_ms},
+                          peak_memory_mb={"baseline": run.peak_memory_mb}, runs={"baseline": run},
+                          profiles=profiles, efficiency=eff, deform_cost=deform, processes={"baseline": run.process},
+                          **ctx.model_info())
+
+
+def deform_costs(ctx: Context, pipe: Pipeline, image: Any) -> List[Dict[str, Any]]:
+    """What the deformable stages cost (seed 003's question): the deformable 3x3 convolution of each
+    res3-res5 shape at this network input size against an ordinary 3x3 convolution of the same
+    shape, with the kernel the device selects, and the extra ms per image over the stage's
+    deformable blocks (offset conv included)."""
+    h, w = (int(v) for v in pipe.prepare(image)[0].shape[-2:])
+    p = ctx.params.profile
+    rows = []
+    for c in fallback_cost(r101_deform_shapes(h, w), device=ctx.device, repeats=max(3, p.repeats), warmup=p.warmup,
+                           impl=deform_kernel_info(ctx.device)["selected"]):
+        rows.append({"stage": c.shape.stage, "channels": c.shape.channels,
+                     "map (h, w)": [c.shape.height, c.shape.width],
+                     "deformable blocks": c.shape.blocks, "kernel": c.impl, "deform ms": c.deform_ms,
+                     "offset conv ms": c.offset_ms, "3x3 conv ms": c.conv_ms, "ratio": c.ratio,
+                     "extra ms per image": c.shape.blocks * (c.deform_ms + c.offset_ms - c.conv_ms)})
+    return rows
+
+
+def measure_stage(spec: StudySpec, stage: str, previous: str, runtime: Optional[RuntimeConfig] = None) -> StageResult:
+    """A stage against its previous stage and the baseline, in this process: compile every shape
+    first (reported apart), latency of each, paired A/B, the accuracy gate (decided once here), and
+    what the stage itself is about (P0: the resize's pixels, P1: decode profiled, P3: compiles,
+    P4: shapes and dynamo's counters)."""
+    ctx = context(spec)
+    recipes = list(dict.fromkeys(["baseline", previous, stage]))
+    pipes = {r: ctx.pipeline(r, runtime) for r in recipes}
+    out = _stage_record(ctx, stage, previous, pipes)
+    for r, pipe in pipes.items():
+        out.compile.extend(warm_shapes(ctx, r, pipe))
+    for r, pipe in pipes.items():
+        out.add_latency(_latency(ctx, r, pipe))
+    out.comparisons = {f"{stage} vs {a}": _paired(ctx, a, stage, pipes) for a in dict.fromkeys([previous, "baseline"])}
+    outputs = {r: ctx.outputs(r, runtime) for r in recipes}
+    pairs = [(r, stage) for r in dict.fromkeys(["baseline", previous])]
+    out.accuracy, out.gate, out.ap_note = ctx.gates(outputs, pairs)
+    if stage == "p0":
+        out.resize_difference = resize_difference(pipes["baseline"], pipes[stage], ctx.images)
+    if stage == "p1":
+        p = ctx.params.profile
+        images = list(ctx.images.values())[: p.images]
+        out.decode_profiles = {r: profile_stages(pipes[r], images, warmup=p.warmup, repeats=p.repeats, progress=False)
+                               for r in (previous, stage)}
+    if stage == "p4":
+        out.shapes = [{"recipe": r, "pad multiple": pipes[r].pad_multiple, "distinct shapes": len(s),
+                       "shapes (h, w)": [list(x) for x in s]}
+                      for r in (previous, stage) for s in [sorted(distinct_shapes(ctx, pipes[r]))]]
+        out.dynamo_counters = {k: dict(v) for k, v in torch._dynamo.utils.counters.items()
+                               if k in ("stats", "frames", "recompiles")}
+    out.processes = {"stage": process_info()}
+    return out
+
+
+def measure_extras(spec: StudySpec, stage: str, recipes: Sequence[str], runtime: Optional[RuntimeConfig] = None
+                   ) -> ExtrasResult:
+    """P4's recipes beyond the seed, in this process: latency, the gate against the baseline,
+    paired speedup against the baseline, the fastest recipe's tail split into the images' part
+    and a same-image control run, and stage profiles at the profile sizes of the stage and the
+    fastest recipe. A recipe that this device runs as the same pipeline as one measured before
+    (its own switches all skipped, e.g. bf16 on a CPU without AVX-512) is listed in ``same_as``,
+    not measured twice."""
+    ctx = context(spec)
+    pipes: Dict[str, Pipeline] = {}
+    out = ExtrasResult()
+    effective: Dict[Tuple[str, ...], str] = {}
+    for r in dict.fromkeys([stage, *recipes]):
+        pipe = ctx.pipeline(r, runtime)
+        key = tuple(n for n in pipe.recipe_info["switches"] if n not in pipe.recipe_info.get("skipped", {}))
+        if key in effective:
+            out.same_as[r] = effective[key]
+            continue
+        effective[key] = r
+        pipes[r] = pipe
+    base = ctx.pipeline("baseline", runtime)
+    for r, pipe in pipes.items():
+        warm_shapes(ctx, r, pipe)
+    for r, pipe in pipes.items():
+        out.latency[r] = _latency(ctx, r, pipe)
+    extra = [r for r in pipes if r != stage]
+    outputs = {r: ctx.outputs(r, runtime) for r in ["baseline", *extra]}
+    out.accuracy, out.gate, _ = ctx.gates(outputs, [("baseline", r) for r in extra])
+    t = ctx.params.timing
+    out.paired_vs_baseline = {r: paired_compare(base, p, ctx.images, ctx.device, rounds=t.rounds, warmup=t.warmup,
+                                                n_boot=t.n_boot, confidence=t.confidence, progress=False,
+                                                name_a="baseline", name_b=r) for r, p in pipes.items()}
+    fastest = min(out.latency, key=lambda r: out.latency[r].stats.p50)
+    run = out.latency[fastest]
+    as_run = LatencyRun(run.samples_ms, run.labels, run.first_call_ms, run.warmup_ms, run.stats)
+    control_name = median_input(as_run)
+    control = measure_latency(pipes[fastest], {control_name: ctx.images[control_name]}, ctx.device,
+                              warmup=t.warmup, repeats=run.stats.n, progress=False)
+    out.tail_recipe, out.tail = fastest, tail_breakdown(as_run, control)
+    p = ctx.params.profile
+    for h, w in p.image_sizes:
+        images = profile_images(ctx.params, (h, w), p.images)
+        for r in dict.fromkeys([stage, fastest]):
+            pipe = pipes[r]
+            out.profiles[f"{r} {w}x{h}"] = profile_stages(pipe, images, warmup=p.warmup, repeats=p.repeats,
+                                                          progress=False)
+    return out
+
+
+def measure_latency_of(spec: StudySpec, recipe: str, runtime: Optional[RuntimeConfig] = None,
+                       images: Optional[int] = None) -> LatencyResult:
+    """One recipe's latency on the first ``images`` benchmark images, in this process (P2's sweep)."""
+    ctx = context(spec)
+    names = list(ctx.images)[: images or None]
+    pipe = ctx.pipeline(recipe, runtime)
+    warm_shapes(ctx, recipe, pipe)
+    return _latency(ctx, recipe, pipe, {n: ctx.images[n] for n in names})
+
+
+def prepare(spec: StudySpec, recipes: Sequence[str], runtime: Optional[RuntimeConfig] = None) -> Dict[str, Any]:
+    """Build (and compile every shape of) these recipes in this process, ready for time_one;
+    returns the process's effective runtime and the image names in order."""
+    ctx = context(spec)
+    for r in recipes:
+        warm_shapes(ctx, r, ctx.pipeline(r, runtime))
+    return {"process": process_info(), "images": list(ctx.images), "device": str(ctx.device)}
+
+
+def time_one(spec: StudySpec, recipe: str, index: int, runtime: Optional[RuntimeConfig] = None) -> float:
+    """One synchronised call (ms) of the recipe on benchmark image ``index``, in this process: one
+    side of a paired A/B whose other side runs in another worker."""
+    ctx = context(spec)
+    image = list(ctx.images.values())[index]
+    return timed_call(ctx.pipeline(recipe, runtime), image, ctx.device)
+
+
+def gate(spec: StudySpec, pairs: Sequence[Tuple[str, str]], runtime: Optional[RuntimeConfig] = None):
+    """The accuracy gate of (reference, test) recipe pairs computed in this process."""
+    ctx = context(spec)
+    outputs = {r: ctx.outputs(r, runtime) for pair in pairs for r in pair}
+    return ctx.gates(outputs, pairs)
+
+
+def environment(spec: StudySpec) -> Dict[str, Any]:
+    """device.environment_info of the study's device as this process sees it, with the
+    deformable-convolution kernel it selects (recorded in every results JSON)."""
+    dev = context(spec).device
+    return {**devices.environment_info(dev), "deform_conv": deform_kernel_info(dev)}
+
+
+def python_summary() -> Dict[str, str]:
+    """Python and platform of this process (for a quick check that a worker runs)."""
+    return {"python": sys.version.split()[0], "platform": platform.platform(), "torch": torch.__version__}

@@ -1,0 +1,112 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # P3 — compile the backbone
+#
+# ResNet-101 + FPN is most of the network's operators. In eager mode each one is dispatched on its
+# own; `torch.compile(backbone, backend="npu", dynamic=False)` hands the whole backbone to the
+# graph engine (TorchAir/GE on Ascend; inductor on cuda and cpu here), which fuses and schedules it
+# as one graph. Seed: **62.5 → 51.5 ms (−17.6 %, cumulative −64.2 %)**, at the price of a
+# first compilation of about **200 s** — reported apart below, never mixed into the latency.
+#
+# `dynamic=False` compiles one graph per input shape: with COCO's varied image sizes the backbone
+# recompiles until dynamo's recompile limit is hit and then silently falls back to eager — the
+# problem P4 solves. The runtime setting of P2 (`runtime.env`, `runtime.cpu_affinity`, the sweep's
+# best) is applied to this process.
+
+# %% tags=["parameters"]
+params_file = "params/default.yaml"  # the study's params YAML, relative to the repository root
+out_dir = None                       # None: artifacts/<params name>/ (run_study passes its own)
+max_images = None                    # cap on benchmark / evaluation images (None: as the params say)
+
+# %%
+import pandas as pd
+from IPython.display import Image, Markdown, display
+
+from blendstudy import report
+from blendstudy.study import protocol
+
+study = protocol.open_study(params_file, out_dir, max_images)  # a missing path stops here, naming it
+display(Markdown(study.header()))
+
+# %% [markdown]
+# Everything below is measured in a **worker process** (`blendstudy.measure.worker`), not in this
+# notebook's kernel: torch_npu turns its dispatch queue off in any interactive interpreter, and thread
+# counts and core binding are read when a process starts. The worker starts with the stage's runtime
+# already in place; the tables say which process measured what.
+
+# %% [markdown]
+# ## What changes
+
+# %%
+result = protocol.run_stage(study, "p3", "p2")
+display(pd.DataFrame(result.recipes))
+
+# %% [markdown]
+# ## Latency
+#
+# Each pipeline on the same benchmark images in one worker process; every compiled recipe first
+# compiles each distinct input shape (reported apart, below or in P3's table), then the first call
+# (allocation, warm-up) is reported apart from the measured calls.
+
+# %%
+display(report.latency_table(list(result.latency.items())).assign(
+    first_call_ms=list(result.first_call_ms.values()), weights=study.weights))
+display(report.process_table(result.processes))
+
+# %% [markdown]
+# ## Paired A/B
+#
+# Per image, the two pipelines run back to back (order alternating) for several rounds; the
+# speedup is the per-image ratio of medians (> 1: this stage is faster), with a bootstrap
+# confidence interval over images (`blendstudy.measure.latency.paired_compare`).
+
+# %%
+display(report.paired_table(result.comparisons, weights=study.weights))
+display(Markdown("\n".join(f"- {c.summary()}" for c in result.comparisons.values())))
+
+# %% [markdown]
+# ## Accuracy gate
+#
+# The stage's detections against the baseline's (fp32) on the same images: instances paired by
+# box IoU, then box IoU, score and class agreement, mask IoU and lost instances
+# (`blendstudy.measure.agreement.compare_runs`). The gate passes when the mean box IoU reaches
+# `accuracy.min_mean_box_iou`, no reference instance above `accuracy.gate_score` is lost and —
+# with a trained model on annotated images — neither bbox nor segm COCO AP on these images moves
+# by more than `accuracy.max_ap_change` points (decided once, when the stage is measured).
+
+# %%
+display(report.accuracy_table(result.accuracy).assign(weights=study.weights))
+display(Markdown(report.gate_line(result.gate, result.ap_note)))
+
+# %%
+path = report.plot_latency_distribution(
+    result.samples_ms, study.figure("p3_compile_latency.png"), title="p3: per-image latency")
+display(Image(filename=str(path)))
+
+# %% [markdown]
+# ## Compilation, reported apart
+#
+# Every compiled recipe compiled each distinct input shape of the benchmark images before anything
+# was measured, with dynamo's recompile limit raised to the number of shapes (its default, 8, would
+# silently leave later shapes eager): one row per compile, its first call's time. The latency above
+# holds none of these.
+
+# %%
+display(pd.DataFrame(result.compile).assign(weights=study.weights) if result.compile else Markdown("nothing compiled"))
+
+# %%
+display(Markdown(f"results: `{study.save('p3_compile', result)}`"))
