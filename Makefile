@@ -51,7 +51,7 @@ venv: $(STAMP)
 	$(check_stamp)
 
 lint: venv
-	$(VENV)/bin/ruff check lib tests
+	$(VENV)/bin/ruff check lib tests notebooks
 
 test: venv lint
 	$(PY) -m pytest -q
