@@ -147,7 +147,13 @@ def gate_ground_truth(params: StudyParams, loaded: LoadedPipeline) -> Tuple[Opti
     return dataset, f"AP on {dataset.ann_file.name} (max change {limit} points)"
 
 
+def study_device(spec: StudySpec) -> torch.device:
+    """The device the params name, resolved in this process -- without loading the model or
+    reading the images (what a question about the device alone needs)."""
+    return devices.resolve_device(spec.load_params().get("device", "auto"))
+
+
 def device_summary(spec: StudySpec) -> Dict[str, Any]:
     """The device this process resolves for the study and its NUMA-local cores."""
-    dev = context(spec).device
+    dev = study_device(spec)
     return {"device": str(dev), "type": dev.type, "local_cores": devices.local_cores(dev)}

@@ -36,10 +36,9 @@ from blendstudy.study.context import Context, StudySpec, context
 from blendstudy.study.params import open_dataset, resolve_config
 from blendstudy.study.steps import distinct_shapes, warm_shapes
 
-__all__ = ["OfflineVariant", "compile_om", "export_variant", "fastest_recipe", "measure_backend", "measure_memory",
+__all__ = ["compile_om", "export_variant", "fastest_recipe", "measure_backend", "measure_memory",
            "offline_settings", "quantize_variant", "settings"]
 
-OfflineVariant = Tuple[str, str]  # (runtime, "static" | "dynamic" | "static-int8" | "dynamic-int8")
 
 
 def settings(spec: StudySpec) -> Dict[str, Any]:

@@ -390,8 +390,3 @@ def stage_samples(study: Study) -> Dict[str, List[float]]:
     results = load_all_results(study.run_folder / "results", list(STAGE_NOTEBOOKS.values()))
     return {stage: results[nb].extra.samples_ms[stage] for stage, nb in STAGE_NOTEBOOKS.items()
             if nb in results and stage in results[nb].extra.samples_ms}
-
-
-def load_stage(study: Study, notebook: str) -> Any:
-    """The typed record a notebook of this run wrote (FileNotFoundError naming it otherwise)."""
-    return load_results(study.run_folder / "results", notebook).extra

@@ -36,7 +36,7 @@ from blendstudy.results import (
     WeightsCheckResult,
 )
 from blendstudy.runtime import RuntimeConfig
-from blendstudy.study.context import Context, StudySpec, context
+from blendstudy.study.context import Context, StudySpec, context, study_device
 from blendstudy.study.params import profile_images
 
 __all__ = ["SEED_ENVIRONMENT", "check_environment", "check_weights", "measure_baseline", "measure_extras",
@@ -295,7 +295,7 @@ def gate(spec: StudySpec, pairs: Sequence[Tuple[str, str]], runtime: Optional[Ru
 def environment(spec: StudySpec) -> Dict[str, Any]:
     """device.environment_info of the study's device as this process sees it, with the
     deformable-convolution kernel it selects (recorded in every results JSON)."""
-    dev = context(spec).device
+    dev = study_device(spec)
     return {**devices.environment_info(dev), "deform_conv": deform_kernel_info(dev)}
 
 
