@@ -86,7 +86,8 @@ display(report.paired_table(result.comparisons, weights=study.weights))
 #
 # Against the fp32 baseline: box IoU, lost instances and -- with a trained model -- the AP change.
 # Peak memory: the device's where it reports one, else the process's resident high-water mark, each
-# pipeline measured alone in a fresh process.
+# pipeline measured alone in a fresh process (a backend's before any PyTorch recipe is built in its
+# worker).
 
 # %%
 display(report.accuracy_table(result.accuracy).assign(weights=study.weights))

@@ -161,10 +161,20 @@ def test_the_whole_study_runs_on_ci_params(tmp_path):
     assert sides["p1 side"]["pid"] != sides["p2 side"]["pid"]
     # every compile happened apart from the measured samples, with the recompile limit the shapes need
     assert all(row["recompile limit"] >= 8 for row in records["p3_compile"]["compile"])
+    # P4's extras ran in the stage's worker and read its p4 measurements back instead of repeating them
+    p4 = records["p4_pad64"]
+    assert p4["extras"]["latency"]["p4"]["samples_ms"] == p4["samples_ms"]["p4"]
+    assert p4["extras"]["paired_vs_baseline"]["p4"] == p4["comparisons"]["p4 vs baseline"]
     # P6: every offline backend measured (none failed to load) against the baseline and the fastest recipe
     p6 = records["p6_offline"]
     assert not p6["errors"] and {b["runtime"] for b in p6["backends"]} == {"onnxruntime", "openvino"}
     assert all(f"{b['backend']} vs baseline" in p6["comparisons"] for b in p6["backends"])
     assert {m["pipeline"] for m in p6["memory"]} >= {"baseline", "onnxruntime static", "openvino static"}
+    # a backend's peak memory comes from its own fresh worker; the PyTorch recipes' from workers of their own
+    pids = {m["pipeline"]: m["process"]["pid"] for m in p6["memory"]}
+    for b in p6["backends"]:
+        assert pids[b["backend"]] == p6["processes"][b["backend"]]["pid"]
+    assert len({pids["baseline"], *(p6["processes"][b["backend"]]["pid"] for b in p6["backends"])}) \
+        == 1 + len(p6["backends"])
     report = (run / "report.html").read_text(encoding="utf-8")
     assert "Summary" in report and "data:image/png;base64" in report

@@ -59,6 +59,11 @@ class Context:
     loaded: LoadedPipeline
     images: Dict[str, np.ndarray]
     pipes: Dict[Tuple[str, Optional[str]], Pipeline] = field(default_factory=dict)
+    #: what this process has already measured -- ("latency", recipe, runtime), ("paired", a, b,
+    #: runtime) -- so that a later step in the same worker (P4's extras after the stage) reads it
+    #: instead of measuring the same pipeline again under the same conditions (detections are not
+    #: kept: full-size masks of every recipe would not fit)
+    measured: Dict[Tuple[Any, ...], Any] = field(default_factory=dict)
 
     @property
     def device(self) -> torch.device:
@@ -93,6 +98,12 @@ class Context:
         """The recipe's detections on the gate's images (image name -> Detections)."""
         pipe = self.pipeline(recipe, runtime)
         return {name: pipe(self.images[name]) for name in self.gate_images()}
+
+    def once(self, key: Tuple[Any, ...], measure: Any) -> Any:
+        """``measure()`` the first time ``key`` is asked for in this process, its result after."""
+        if key not in self.measured:
+            self.measured[key] = measure()
+        return self.measured[key]
 
     def thresholds(self) -> GateThresholds:
         a = self.params.get("accuracy") or {}

@@ -156,14 +156,17 @@ def offline_pipeline(ctx: Context, runtime: str, exported: Dict[str, Any], host_
 
 def measure_backend(spec: StudySpec, runtime: str, exported: Dict[str, Any], host_recipe: str,
                     fastest: str) -> Dict[str, Any]:
-    """One offline backend in this process: session creation apart, latency, paired A/B against the
-    baseline AND against the fastest PyTorch recipe (``fastest``), the gate against the baseline,
-    and where the time goes (stage profile)."""
+    """One offline backend in this (fresh) process: session creation apart, the first call of each
+    shape, peak memory after one pass over the benchmark images (before any PyTorch recipe is
+    built here: what a process running only this backend needs, as measure_memory would give in
+    a process of its own), latency, paired A/B against the baseline AND against the fastest
+    PyTorch recipe (``fastest``), the gate against the baseline, and where the time goes."""
     ctx = context(spec)
     label = f"{runtime} {exported['kind']}"
     pipe, session_s = offline_pipeline(ctx, runtime, exported, host_recipe)
     first_ms = [measure_latency(pipe, {n: ctx.images[n]}, ctx.device, warmup=0, repeats=1,
                                 progress=False).first_call_ms for n in distinct_shapes(ctx, pipe).values()]
+    memory = _memory_after_pass(ctx, pipe, label)
     t = ctx.params.timing
     run = measure_latency(pipe, ctx.images, ctx.device, warmup=t.warmup, repeats=t.repeats, progress=False)
     latency = LatencyResult(label, run.stats, run.samples_ms, run.labels, run.first_call_ms, run.warmup_ms,
@@ -184,7 +187,13 @@ def measure_backend(spec: StudySpec, runtime: str, exported: Dict[str, Any], hos
            "first call ms (per shape)": first_ms, "steady mean ms": run.stats.mean,
            "providers": pipe.recipe_info["dense"].get("providers") or pipe.recipe_info["dense"].get("models")}
     return {"row": row, "latency": latency, "comparisons": pairs, "accuracy": accuracy, "gate": gate, "note": note,
-            "profile": profile}
+            "profile": profile, "memory": memory}
+
+
+def _memory_after_pass(ctx: Context, pipe: Pipeline, label: str) -> Dict[str, Any]:
+    for image in ctx.images.values():
+        pipe(image)
+    return {"pipeline": label, **process_memory(ctx.device), "process": process_info()}
 
 
 def measure_memory(spec: StudySpec, what: str, exported: Optional[Dict[str, Any]] = None,
@@ -199,9 +208,7 @@ def measure_memory(spec: StudySpec, what: str, exported: Optional[Dict[str, Any]
     else:
         pipe, _ = offline_pipeline(ctx, what, exported, host_recipe)
         label = f"{what} {exported['kind']}"
-    for image in ctx.images.values():
-        pipe(image)
-    return {"pipeline": label, **process_memory(ctx.device), "process": process_info()}
+    return _memory_after_pass(ctx, pipe, label)
 
 
 def fastest_recipe(spec: StudySpec, candidates: Sequence[str]) -> str:

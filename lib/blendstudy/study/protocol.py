@@ -295,7 +295,8 @@ def run_offline(study: Study) -> OfflineResult:
     """P6: export the dense part (static per padded size and/or dynamic; int8 where asked), then each
     offline backend in a FRESH worker of its own -- session creation apart, latency, paired A/B
     against the baseline and against the fastest PyTorch recipe, the gate against the baseline,
-    where the time goes -- and peak memory per pipeline, each in its own process. A runtime that
+    where the time goes, and its peak memory taken before any PyTorch recipe is built there -- and
+    the peak memory of the baseline and that recipe, each alone in a fresh process. A runtime that
     is not installed (or cannot load its model) is reported in ``errors`` and the rest goes on."""
     spec, _ = stage_runtime(study, "p6")
     s = study.call(spec, offline.settings)
@@ -322,8 +323,6 @@ def run_offline(study: Study) -> OfflineResult:
                     e = study.call(spec, offline.compile_om, e)
                 with Worker(fresh) as w:
                     res = w.call(offline.measure_backend, study.spec, runtime, e, s["host_recipe"], out.fastest)
-                with Worker(fresh) as w:
-                    out.memory.append(w.call(offline.measure_memory, study.spec, runtime, e, s["host_recipe"]))
             except Exception as exc:  # BackendError (runtime not installed ...), a dead worker
                 out.errors[label] = str(exc).splitlines()[0]
                 continue
@@ -337,6 +336,7 @@ def run_offline(study: Study) -> OfflineResult:
             out.ap_note = res["note"]
             out.profiles[label] = res["profile"]
             out.processes[label] = res["latency"].process
+            out.memory.append(res["memory"])
     for recipe in dict.fromkeys(["baseline", out.fastest]):
         with Worker(fresh) as w:
             out.memory.insert(0 if recipe == "baseline" else 1, w.call(offline.measure_memory, study.spec, recipe))

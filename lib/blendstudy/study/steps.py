@@ -49,19 +49,30 @@ SEED_ENVIRONMENT = {"python": "3.9.25", "torch": "2.8.0", "torch_npu": "2.8.0.po
 
 # ---------------------------------------------------------------------------- building blocks
 def _latency(ctx: Context, recipe: str, pipe: Pipeline, images: Optional[Dict[str, Any]] = None,
-             repeats: Optional[int] = None) -> LatencyResult:
+             runtime: Optional[RuntimeConfig] = None) -> LatencyResult:
+    """The recipe's latency run on ``images`` (default: all benchmark images); on all of them it is
+    measured once per process and read back by a later step of the same worker."""
     t = ctx.params.timing
-    run = measure_latency(pipe, images or ctx.images, ctx.device, warmup=t.warmup,
-                          repeats=repeats or t.repeats, progress=False, desc=recipe)
-    return LatencyResult(recipe=recipe, stats=run.stats, samples_ms=run.samples_ms, labels=run.labels,
-                         first_call_ms=run.first_call_ms, warmup_ms=run.warmup_ms,
-                         peak_memory_mb=run.peak_memory_mb, process=process_info())
+
+    def run() -> LatencyResult:
+        r = measure_latency(pipe, images or ctx.images, ctx.device, warmup=t.warmup, repeats=t.repeats,
+                            progress=False, desc=recipe)
+        return LatencyResult(recipe=recipe, stats=r.stats, samples_ms=r.samples_ms, labels=r.labels,
+                             first_call_ms=r.first_call_ms, warmup_ms=r.warmup_ms,
+                             peak_memory_mb=r.peak_memory_mb, process=process_info())
+    return run() if images is not None else ctx.once(("latency", recipe, _name(runtime)), run)
 
 
-def _paired(ctx: Context, a: str, b: str, pipes: Dict[str, Pipeline]):
+def _paired(ctx: Context, a: str, b: str, pipes: Dict[str, Pipeline], runtime: Optional[RuntimeConfig] = None):
+    """Paired A/B of recipes ``a`` and ``b`` on the benchmark images, once per process."""
     t = ctx.params.timing
-    return paired_compare(pipes[a], pipes[b], ctx.images, ctx.device, rounds=t.rounds, warmup=t.warmup,
-                          n_boot=t.n_boot, confidence=t.confidence, progress=False, name_a=a, name_b=b)
+    return ctx.once(("paired", a, b, _name(runtime)), lambda: paired_compare(
+        pipes[a], pipes[b], ctx.images, ctx.device, rounds=t.rounds, warmup=t.warmup, n_boot=t.n_boot,
+        confidence=t.confidence, progress=False, name_a=a, name_b=b))
+
+
+def _name(runtime: Optional[RuntimeConfig]) -> Optional[str]:
+    return runtime.name if runtime is not None else None
 
 
 def distinct_shapes(ctx: Context, pipe: Pipeline) -> Dict[Tuple[int, int], str]:
@@ -187,8 +198,9 @@ def measure_stage(spec: StudySpec, stage: str, previous: str, runtime: Optional[
     for r, pipe in pipes.items():
         out.compile.extend(warm_shapes(ctx, r, pipe))
     for r, pipe in pipes.items():
-        out.add_latency(_latency(ctx, r, pipe))
-    out.comparisons = {f"{stage} vs {a}": _paired(ctx, a, stage, pipes) for a in dict.fromkeys([previous, "baseline"])}
+        out.add_latency(_latency(ctx, r, pipe, runtime=runtime))
+    out.comparisons = {f"{stage} vs {a}": _paired(ctx, a, stage, pipes, runtime)
+                       for a in dict.fromkeys([previous, "baseline"])}
     outputs = {r: ctx.outputs(r, runtime) for r in recipes}
     pairs = [(r, stage) for r in dict.fromkeys(["baseline", previous])]
     out.accuracy, out.gate, out.ap_note = ctx.gates(outputs, pairs)
@@ -216,7 +228,8 @@ def measure_extras(spec: StudySpec, stage: str, recipes: Sequence[str], runtime:
     and a same-image control run, and stage profiles at the profile sizes of the stage and the
     fastest recipe. A recipe that this device runs as the same pipeline as one measured before
     (its own switches all skipped, e.g. bf16 on a CPU without AVX-512) is listed in ``same_as``,
-    not measured twice."""
+    not measured twice; the stage's own latency and its pair with the baseline, measured by
+    measure_stage in this same worker, are read back (Context.once), not measured again."""
     ctx = context(spec)
     pipes: Dict[str, Pipeline] = {}
     out = ExtrasResult()
@@ -229,18 +242,16 @@ def measure_extras(spec: StudySpec, stage: str, recipes: Sequence[str], runtime:
             continue
         effective[key] = r
         pipes[r] = pipe
-    base = ctx.pipeline("baseline", runtime)
     for r, pipe in pipes.items():
         warm_shapes(ctx, r, pipe)
     for r, pipe in pipes.items():
-        out.latency[r] = _latency(ctx, r, pipe)
+        out.latency[r] = _latency(ctx, r, pipe, runtime=runtime)
     extra = [r for r in pipes if r != stage]
     outputs = {r: ctx.outputs(r, runtime) for r in ["baseline", *extra]}
     out.accuracy, out.gate, _ = ctx.gates(outputs, [("baseline", r) for r in extra])
+    with_base = {**pipes, "baseline": ctx.pipeline("baseline", runtime)}
+    out.paired_vs_baseline = {r: _paired(ctx, "baseline", r, with_base, runtime) for r in pipes}
     t = ctx.params.timing
-    out.paired_vs_baseline = {r: paired_compare(base, p, ctx.images, ctx.device, rounds=t.rounds, warmup=t.warmup,
-                                                n_boot=t.n_boot, confidence=t.confidence, progress=False,
-                                                name_a="baseline", name_b=r) for r, p in pipes.items()}
     fastest = min(out.latency, key=lambda r: out.latency[r].stats.p50)
     run = out.latency[fastest]
     as_run = LatencyRun(run.samples_ms, run.labels, run.first_call_ms, run.warmup_ms, run.stats)
