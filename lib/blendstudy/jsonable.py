@@ -1,6 +1,7 @@
 """Typed records to JSON and back: one encoder and one decoder for every record of the study.
 
-``to_jsonable`` turns dataclasses, numpy/torch values, paths and tables into plain JSON values;
+``to_jsonable`` turns dataclasses (with the derived properties a class lists in ``JSON_VIEWS``),
+numpy/torch values, paths and tables into plain JSON values;
 ``from_jsonable(T, data)`` rebuilds a value of type ``T`` (a dataclass, ``List[...]``,
 ``Dict[str, ...]``, ``Optional[...]``) from such JSON, using the dataclasses' type hints.
 Non-finite floats are written as null and read back as NaN where the field is a float.
@@ -37,7 +38,11 @@ def to_jsonable(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
         return to_jsonable(obj.tolist())
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        out = {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        # read-only properties a record names for its readers (derived from its fields; from_jsonable
+        # skips them as unknown keys and the record derives them again)
+        out.update({name: to_jsonable(getattr(obj, name)) for name in getattr(obj, "JSON_VIEWS", ())})
+        return out
     if isinstance(obj, Mapping):
         return {str(k): to_jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

@@ -25,13 +25,13 @@ from blendstudy import __version__
 from blendstudy.coco.evaluate import CocoMetrics
 from blendstudy.jsonable import from_jsonable, to_jsonable
 from blendstudy.measure.agreement import AccuracyReport
-from blendstudy.measure.latency import LatencyStats, PairedComparison, TailBreakdown
+from blendstudy.measure.latency import LatencyRun, LatencyStats, PairedComparison, TailBreakdown
 from blendstudy.measure.profile import Efficiency, StageProfile
 from blendstudy.runtime import SweepResult
 
 __all__ = ["BaselineResult", "BenchResult", "EnvCheckResult", "EvalResult", "ExtrasResult", "LatencyResult",
-           "OfflineResult", "RECORD_TYPES", "ResultsFile", "StageResult", "SummaryResult", "WeightsCheckResult",
-           "load_all_results", "load_results", "save_results"]
+           "OfflineResult", "RECORD_TYPES", "RecipeRuns", "ResultsFile", "StageResult", "SummaryResult",
+           "WeightsCheckResult", "load_all_results", "load_results", "save_results"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 R = TypeVar("R")
@@ -54,6 +54,42 @@ class LatencyResult:
     peak_memory_mb: Optional[float] = None
     process: Dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def of(cls, recipe: str, run: LatencyRun, process: Dict[str, Any]) -> LatencyResult:
+        """A measure_latency run kept under ``recipe``, with the process that measured it."""
+        return cls(recipe, run.stats, run.samples_ms, run.labels, run.first_call_ms, run.warmup_ms,
+                   run.peak_memory_mb, process)
+
+
+class RecipeRuns:
+    """Per-recipe views of a record's latency runs (``runs``: recipe -> LatencyResult, the one
+    stored state): latency (stats), first_call_ms, samples_ms and peak_memory_mb keyed by recipe.
+    They are written into the results JSON for its readers (``JSON_VIEWS``) and rebuilt from
+    ``runs`` when a file is read back."""
+
+    JSON_VIEWS = ("latency", "first_call_ms", "samples_ms", "peak_memory_mb")
+    runs: Dict[str, LatencyResult]
+
+    @property
+    def latency(self) -> Dict[str, LatencyStats]:
+        return {r: run.stats for r, run in self.runs.items()}
+
+    @property
+    def first_call_ms(self) -> Dict[str, float]:
+        return {r: run.first_call_ms for r, run in self.runs.items()}
+
+    @property
+    def samples_ms(self) -> Dict[str, List[float]]:
+        return {r: run.samples_ms for r, run in self.runs.items()}
+
+    @property
+    def peak_memory_mb(self) -> Dict[str, Optional[float]]:
+        return {r: run.peak_memory_mb for r, run in self.runs.items()}
+
+    def add_latency(self, run: LatencyResult) -> None:
+        """Record one recipe's latency run under its recipe name."""
+        self.runs[run.recipe] = run
+
 
 @dataclass
 class ExtrasResult:
@@ -71,10 +107,10 @@ class ExtrasResult:
 
 
 @dataclass
-class StageResult:
+class StageResult(RecipeRuns):
     """A stage of the chain (P0..P4) against its previous stage and the baseline.
 
-    latency / first_call_ms / samples_ms are keyed by recipe; comparisons by "<stage> vs <other>"
+    runs (and its views latency / first_call_ms / samples_ms) keyed by recipe; comparisons by "<stage> vs <other>"
     (paired A/B); accuracy and gate by "<stage> vs <reference>". recipes: the recipe table, with
     any switch a device cannot run and why (``skipped``). Stage-specific parts: resize_difference
     (P0), decode_profiles (P1), sweep / best (P2), compile (P3), shapes / dynamo_counters / extras
@@ -84,9 +120,6 @@ class StageResult:
     stage: str
     previous: str
     recipes: List[Dict[str, Any]] = field(default_factory=list)
-    latency: Dict[str, LatencyStats] = field(default_factory=dict)
-    first_call_ms: Dict[str, float] = field(default_factory=dict)
-    samples_ms: Dict[str, List[float]] = field(default_factory=dict)
     runs: Dict[str, LatencyResult] = field(default_factory=dict)
     comparisons: Dict[str, PairedComparison] = field(default_factory=dict)
     accuracy: Dict[str, AccuracyReport] = field(default_factory=dict)
@@ -106,24 +139,13 @@ class StageResult:
     random_weights: bool = False
     model: Dict[str, Any] = field(default_factory=dict)
 
-    def add_latency(self, run: LatencyResult) -> None:
-        """Record one recipe's latency run under its recipe name."""
-        self.runs[run.recipe] = run
-        self.latency[run.recipe] = run.stats
-        self.first_call_ms[run.recipe] = run.first_call_ms
-        self.samples_ms[run.recipe] = run.samples_ms
-
 
 @dataclass
-class BaselineResult:
+class BaselineResult(RecipeRuns):
     """The reference: baseline latency, the stage profile at the profile sizes, FLOP efficiency."""
 
     stage: str = "baseline"
     recipes: List[Dict[str, Any]] = field(default_factory=list)
-    latency: Dict[str, LatencyStats] = field(default_factory=dict)
-    first_call_ms: Dict[str, float] = field(default_factory=dict)
-    samples_ms: Dict[str, List[float]] = field(default_factory=dict)
-    peak_memory_mb: Dict[str, Optional[float]] = field(default_factory=dict)
     runs: Dict[str, LatencyResult] = field(default_factory=dict)
     profiles: Dict[str, StageProfile] = field(default_factory=dict)
     efficiency: Optional[Efficiency] = None
@@ -158,7 +180,7 @@ class WeightsCheckResult:
 
 
 @dataclass
-class OfflineResult:
+class OfflineResult(RecipeRuns):
     """P6: the dense part as an offline model, each backend in its own worker process."""
 
     stage: str = "p6"
@@ -169,8 +191,6 @@ class OfflineResult:
     memory: List[Dict[str, Any]] = field(default_factory=list)
     profiles: Dict[str, StageProfile] = field(default_factory=dict)
     errors: Dict[str, str] = field(default_factory=dict)
-    latency: Dict[str, LatencyStats] = field(default_factory=dict)
-    samples_ms: Dict[str, List[float]] = field(default_factory=dict)
     runs: Dict[str, LatencyResult] = field(default_factory=dict)
     comparisons: Dict[str, PairedComparison] = field(default_factory=dict)
     accuracy: Dict[str, AccuracyReport] = field(default_factory=dict)

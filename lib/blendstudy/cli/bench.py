@@ -53,8 +53,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(f"{args.recipe}: mean {s.mean:.2f} ms  P50 {s.p50:.2f}  P90 {s.p90:.2f}  P99 {s.p99:.2f}  "
           f"{s.throughput:.2f} img/s  (first call {run.first_call_ms:.1f} ms, {s.n} samples)")
     if args.output:
-        result = LatencyResult(args.recipe, s, run.samples_ms, run.labels, run.first_call_ms, run.warmup_ms,
-                               run.peak_memory_mb, process_info())
+        result = LatencyResult.of(args.recipe, run, process_info())
         _output(args, loaded, BenchResult(args.recipe, latency=s, run=result), len(paths))
     return 0
 

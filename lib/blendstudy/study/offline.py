@@ -169,8 +169,7 @@ def measure_backend(spec: StudySpec, runtime: str, exported: Dict[str, Any], hos
     memory = _memory_after_pass(ctx, pipe, label)
     t = ctx.params.timing
     run = measure_latency(pipe, ctx.images, ctx.device, warmup=t.warmup, repeats=t.repeats, progress=False)
-    latency = LatencyResult(label, run.stats, run.samples_ms, run.labels, run.first_call_ms, run.warmup_ms,
-                            run.peak_memory_mb, process_info())
+    latency = LatencyResult.of(label, run, process_info())
     refs = {r: ctx.pipeline(r) for r in dict.fromkeys(["baseline", fastest])}
     for r, p in refs.items():
         warm_shapes(ctx, r, p)

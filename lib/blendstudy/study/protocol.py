@@ -327,9 +327,7 @@ def run_offline(study: Study) -> OfflineResult:
                 out.errors[label] = str(exc).splitlines()[0]
                 continue
             out.backends.append(res["row"])
-            out.runs[label] = res["latency"]
-            out.latency[label] = res["latency"].stats
-            out.samples_ms[label] = res["latency"].samples_ms
+            out.add_latency(res["latency"])
             out.comparisons.update(res["comparisons"])
             out.accuracy.update(res["accuracy"])
             out.gate.update(res["gate"])

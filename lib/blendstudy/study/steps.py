@@ -57,9 +57,7 @@ def _latency(ctx: Context, recipe: str, pipe: Pipeline, images: Optional[Dict[st
     def run() -> LatencyResult:
         r = measure_latency(pipe, images or ctx.images, ctx.device, warmup=t.warmup, repeats=t.repeats,
                             progress=False, desc=recipe)
-        return LatencyResult(recipe=recipe, stats=r.stats, samples_ms=r.samples_ms, labels=r.labels,
-                             first_call_ms=r.first_call_ms, warmup_ms=r.warmup_ms,
-                             peak_memory_mb=r.peak_memory_mb, process=process_info())
+        return LatencyResult.of(recipe, r, process_info())
     return run() if images is not None else ctx.once(("latency", recipe, _name(runtime)), run)
 
 
@@ -161,11 +159,8 @@ def measure_baseline(spec: StudySpec) -> BaselineResult:
     flops = count_flops(pipe, first)
     eff = efficiency(flops, run.stats.mean, matmul_peak_flops(ctx.device))
     deform = deform_costs(ctx, pipe, first) if any(isinstance(m, DeformConvNorm) for m in pipe.model.modules()) else []
-    return BaselineResult(recipes=_recipe_table({"baseline": pipe}), latency={"baseline": run.stats},
-                          first_call_ms={"baseline": run.first_call_ms}, samples_ms={"baseline": run.samples_ms},
-                          peak_memory_mb={"baseline": run.peak_memory_mb}, runs={"baseline": run},
-                          profiles=profiles, efficiency=eff, deform_cost=deform, processes={"baseline": run.process},
-                          **ctx.model_info())
+    return BaselineResult(recipes=_recipe_table({"baseline": pipe}), runs={"baseline": run}, profiles=profiles,
+                          efficiency=eff, deform_cost=deform, processes={"baseline": run.process}, **ctx.model_info())
 
 
 def deform_costs(ctx: Context, pipe: Pipeline, image: Any) -> List[Dict[str, Any]]:
