@@ -4,19 +4,22 @@ from pathlib import Path
 
 import pytest
 
-#: Read-only fixtures shared between checkouts: /work/shared/fixtures next to the repo.
-SHARED_FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+#: Test data that ships with the repository (see tests/fixtures/README.md for what made each file).
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
-def shared_fixture(*parts: str) -> Path:
-    """Return the path of a shared fixture; skip the calling test if it is absent."""
-    path = SHARED_FIXTURES.joinpath(*parts)
+def fixture(*parts: str) -> Path:
+    """Return the path of a file or folder under tests/fixtures/.
+
+    The fixtures are part of the repository, so a missing one is a broken checkout: the calling
+    test FAILS with the path it wanted (it is never skipped)."""
+    path = FIXTURES.joinpath(*parts)
     if not path.exists():
-        pytest.skip(f"shared fixture not available: {path}")
+        pytest.fail(f"test fixture missing from the checkout: {path} (it ships in tests/fixtures/)", pytrace=False)
     return path
 
 
 @pytest.fixture
-def shared_fixtures_dir() -> Path:
-    """The shared fixtures directory (test skipped if it does not exist)."""
-    return shared_fixture()
+def fixtures_dir() -> Path:
+    """The tests/fixtures/ directory."""
+    return fixture()

@@ -18,14 +18,14 @@ from blendstudy.checkpoint import (
 )
 from blendstudy.config import load_config
 from blendstudy.model import build_model
-from conftest import shared_fixture
+from conftest import fixture
 
 R101_TENSORS = 634
 R101_VALUES = 55_134_467
 
 
 def small_dir() -> Path:
-    return shared_fixture("adelaidet_blendmask_small")
+    return fixture("adelaidet_blendmask_small")
 
 
 def small_model():
@@ -47,7 +47,7 @@ def assert_clear_error(exc: CheckpointError, path: Path) -> str:
 
 @pytest.fixture(scope="module")
 def r101_layout() -> Path:
-    return shared_fixture("blendmask_R_101_3x_state_dict.tsv")
+    return fixture("blendmask_R_101_3x_state_dict.tsv")
 
 
 @pytest.fixture(scope="module")

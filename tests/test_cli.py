@@ -8,9 +8,9 @@ import pytest
 import blendstudy.config
 from blendstudy.cli import main
 from blendstudy.data.synthetic import write_bad_images
-from conftest import SHARED_FIXTURES
+from conftest import fixture
 
-FIXTURE = SHARED_FIXTURES / "adelaidet_blendmask_small"
+FIXTURE = fixture("adelaidet_blendmask_small")
 SMALL = ["--config", str(FIXTURE / "config.yaml"), "--weights", str(FIXTURE / "model.pth"), "--device", "cpu"]
 
 

@@ -1,4 +1,4 @@
-"""The bench / profile / eval commands through blendstudy.cli.main, on the shared fixture model.
+"""The bench / profile / eval commands through blendstudy.cli.main, on the AdelaiDet fixture model (tests/fixtures).
 
 The fixture's config is used through a _BASE_ file that only lowers the test size (800 -> 128) so
 that the commands stay cheap on 2 loaded cores."""
@@ -12,7 +12,7 @@ import pytest
 from blendstudy import pipeline as pipeline_mod
 from blendstudy.cli import main
 from blendstudy.pipeline import STAGES
-from conftest import shared_fixture
+from conftest import fixture
 
 SMALL_CONFIG = """_BASE_: {base}
 INPUT:
@@ -23,7 +23,7 @@ INPUT:
 
 @pytest.fixture(scope="module")
 def model_args(tmp_path_factory):
-    root = shared_fixture("adelaidet_blendmask_small")
+    root = fixture("adelaidet_blendmask_small")
     config = tmp_path_factory.mktemp("cfg") / "small.yaml"
     config.write_text(SMALL_CONFIG.format(base=root / "config.yaml"))
     return ["--config", str(config), "--weights", str(root / "model.pth"), "--device", "cpu"]
@@ -31,7 +31,7 @@ def model_args(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def image():
-    return str(shared_fixture("adelaidet_blendmask_small", "images", "img1.png"))
+    return str(fixture("adelaidet_blendmask_small", "images", "img1.png"))
 
 
 def test_bench(model_args, image, tmp_path, capsys):

@@ -93,8 +93,8 @@ def test_550_and_rt_chains():
     assert load_config("BlendMask/RT_R_50_4x_syncbn_shtw").MODEL.FCOS.NORM == "GN"
 
 
-def test_fixture_config_loads_and_matches_dump(shared_fixtures_dir):
-    path = shared_fixtures_dir / "adelaidet_blendmask_small" / "config.yaml"
+def test_fixture_config_loads_and_matches_dump(fixtures_dir):
+    path = fixtures_dir / "adelaidet_blendmask_small" / "config.yaml"
     cfg = load_config(str(path))
     assert cfg.MODEL.RESNETS.WIDTH_PER_GROUP == 16
     assert cfg.MODEL.FPN.OUT_CHANNELS == 64

@@ -19,7 +19,7 @@ from blendstudy.model import build_model
 from blendstudy.model.layers import DeformConvNorm, FrozenBatchNorm2d
 from blendstudy.model.resnet import DeformBottleneckBlock, ResNet, deform_blocks
 from blendstudy.ops import deform_conv as dc
-from conftest import shared_fixture
+from conftest import fixture
 
 # ---- the definition, straight from the formula ----------------------------------------------------
 
@@ -247,7 +247,7 @@ def test_deform_blocks_follow_adelaidet_interval():
 
 
 def test_dcn_model_has_exactly_the_detectron2_deform_keys(dcn_model):
-    layout = shared_fixture("blendmask_R_101_3x_state_dict.tsv")
+    layout = fixture("blendmask_R_101_3x_state_dict.tsv")
     base_keys = [ln.split("\t")[0] for ln in layout.read_text().splitlines() if ln.strip()]
     sd = dcn_model.state_dict()
     expected_offset = {}
@@ -269,7 +269,7 @@ def test_dcn_model_has_exactly_the_detectron2_deform_keys(dcn_model):
 
 
 def test_dcn_checkpoint_loads_strictly(dcn_model, tmp_path):
-    layout = shared_fixture("blendmask_R_101_3x_state_dict.tsv")
+    layout = fixture("blendmask_R_101_3x_state_dict.tsv")
     # a DCN checkpoint = R_101_3x's layout plus the offset convs (detectron2's names)
     sd = random_state_dict_from_layout(layout, seed=3)
     gen = torch.Generator().manual_seed(4)

@@ -11,7 +11,7 @@ from blendstudy.model import build_model
 from blendstudy.model.fcos import FCOSHead
 from blendstudy.pipeline import Pipeline
 from blendstudy.structures import Detections
-from conftest import shared_fixture
+from conftest import fixture
 
 IMAGE_HW = (96, 128)
 #: cheap decode for random weights: fewer candidates and instances than the defaults
@@ -32,7 +32,7 @@ def image() -> np.ndarray:
 
 
 def fixture_config(overrides=None):
-    path = shared_fixture("adelaidet_blendmask_small", "config.yaml")
+    path = fixture("adelaidet_blendmask_small", "config.yaml")
     return load_config(path, overrides={**CHEAP, **(overrides or {})})
 
 
@@ -96,7 +96,7 @@ def test_unsupported_config_value_is_refused():
 
 def test_r101_builds_with_the_official_layout():
     layout = {}
-    for line in shared_fixture("blendmask_R_101_3x_state_dict.tsv").read_text().splitlines():
+    for line in fixture("blendmask_R_101_3x_state_dict.tsv").read_text().splitlines():
         if line.strip():
             name, shape, _ = line.split("\t")
             layout[name] = tuple(int(x) for x in shape.strip("()").split(",") if x.strip())

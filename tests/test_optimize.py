@@ -1,5 +1,5 @@
 """blendstudy.optimize: recipes as data, and every cheap switch against the reference pipeline on
-the shared AdelaiDet fixture model (small inputs: min_size 256, max_size 400; compile recipes are
+the AdelaiDet fixture model in tests/fixtures (small inputs: min_size 256, max_size 400; compile recipes are
 only built, never run)."""
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from blendstudy.optimize import (
 )
 from blendstudy.pipeline import Pipeline, PipelineOptions
 from blendstudy.predictor import load_pipeline
-from conftest import shared_fixture
+from conftest import fixture
 
 MIN_SIZE, MAX_SIZE = 256, 400
 IMAGES = ["img0.png", "img1.png", "img2.png"]
@@ -131,7 +131,7 @@ def test_half_dtype():
 # ---- the fixture model --------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def base() -> Pipeline:
-    root = shared_fixture("adelaidet_blendmask_small")
+    root = fixture("adelaidet_blendmask_small")
     torch.manual_seed(0)
     loaded = load_pipeline(root / "config.yaml", str(root / "model.pth"), "cpu", warn_random=False)
     return Pipeline(loaded.pipeline.model, MIN_SIZE, MAX_SIZE)
@@ -139,7 +139,7 @@ def base() -> Pipeline:
 
 @pytest.fixture(scope="module")
 def images():
-    root = shared_fixture("adelaidet_blendmask_small", "images")
+    root = fixture("adelaidet_blendmask_small", "images")
     return {name: read_image(root / name) for name in IMAGES}
 
 

@@ -1,4 +1,4 @@
-"""The native BlendMask against AdelaiDet's real outputs (shared fixture), through `predict`."""
+"""The native BlendMask against AdelaiDet's real outputs (tests/fixtures), through `predict`."""
 
 import json
 
@@ -9,9 +9,9 @@ import torch
 from blendstudy.cli import main
 from blendstudy.masks import decode_rle
 from blendstudy.ops import box_iou
-from conftest import SHARED_FIXTURES
+from conftest import fixture
 
-FIXTURE = SHARED_FIXTURES / "adelaidet_blendmask_small"
+FIXTURE = fixture("adelaidet_blendmask_small")
 
 
 def _match(exp, got):

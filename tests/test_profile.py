@@ -1,5 +1,5 @@
 """blendstudy.profile: the per-stage breakdown, its bookkeeping, FLOP counting and efficiency, on
-the shared fixture model at a small input size."""
+the AdelaiDet fixture model (tests/fixtures) at a small input size."""
 
 from __future__ import annotations
 
@@ -23,12 +23,12 @@ from blendstudy.measure.profile import (
 from blendstudy.optimize import build_pipeline
 from blendstudy.pipeline import Pipeline
 from blendstudy.predictor import load_pipeline
-from conftest import shared_fixture
+from conftest import fixture
 
 
 @pytest.fixture(scope="module")
 def model():
-    root = shared_fixture("adelaidet_blendmask_small")
+    root = fixture("adelaidet_blendmask_small")
     torch.manual_seed(0)
     return load_pipeline(root / "config.yaml", str(root / "model.pth"), "cpu", warn_random=False).pipeline.model
 
@@ -40,7 +40,7 @@ def pipe(model) -> Pipeline:
 
 @pytest.fixture(scope="module")
 def image_path():
-    return shared_fixture("adelaidet_blendmask_small", "images", "img0.png")
+    return fixture("adelaidet_blendmask_small", "images", "img0.png")
 
 
 def test_stages_are_the_seeds_eleven():
