@@ -22,7 +22,8 @@
 # recompile limit (8), so part of the images silently run eager and some pay a recompilation. P4
 # pads to a multiple of **64** (fewer, coarser shapes) and raises the recompile limit to **32** so
 # every shape gets — and keeps — its graph. Seed: **51.5 → 39.5 ms (−23.3 %, cumulative −72.6 %)**;
-# P50 39.33, P90 42.00, P99 47.45 ms, 25.31 images/s.
+# P50 39.33, P90 42.00, P99 47.45 ms, 25.31 images/s. The section on shapes below says what every
+# shape got in this run, P3's eager fallbacks beside P4's.
 #
 # Padding changes what the network sees at the borders (more zeros), so the gate checks that boxes
 # stay put.
@@ -36,7 +37,7 @@ max_images = None                    # cap on benchmark / evaluation images (Non
 import pandas as pd
 from IPython.display import Image, Markdown, display
 
-from blendstudy import report
+from blendstudy import fallbacks, report
 from blendstudy.study import protocol
 
 study = protocol.open_study(params_file, out_dir, max_images)  # a missing path stops here, naming it
@@ -98,14 +99,17 @@ path = report.plot_latency_distribution(
 display(Image(filename=str(path)))
 
 # %% [markdown]
-# ## Distinct shapes and recompiles
+# ## Distinct shapes, compiled graphs and eager fallbacks
 #
 # Every distinct padded input shape is one compiled graph. The shapes the benchmark images give at
-# the previous stage's padding and at 64, and dynamo's own counters for this process
-# (`unique_graphs`: graphs compiled so far, all pipelines of this notebook together).
+# the previous stage's padding and at 64; what each shape got in this worker — P3 under dynamo's
+# default recompile limit, P4 under 32, each pipeline its own graphs — and dynamo's own counters
+# for this process (`unique_graphs`: graphs compiled so far, all pipelines of this notebook together).
 
 # %%
 display(pd.DataFrame(result.shapes).assign(weights=study.weights))
+display(pd.DataFrame(fallbacks.by_recipe(result.compile)).assign(weights=study.weights))
+display(Markdown(f"**Found:** {fallbacks.finding(result.compile)}"))
 display(Markdown(f"dynamo counters: `{result.dynamo_counters}`"))
 
 # %% [markdown]

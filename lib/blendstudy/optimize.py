@@ -7,6 +7,7 @@ switches applied; the baseline pipeline is untouched, so both can be measured si
 from __future__ import annotations
 
 import copy
+import types
 from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -38,7 +39,8 @@ SWITCHES: Dict[str, Switch] = {s.name: s for s in [
     Switch("runtime", "P2", "the best runtime setting of the P2 sweep (npu: TASK_QUEUE_ENABLE, core binding, "
                             "OMP threads; cuda: cudnn.benchmark, TF32; cpu: threads, affinity)"),
     Switch("compile_backbone", "P3", "torch.compile(backbone, dynamic=False): backend 'npu' (torchair) on Ascend, "
-                                     "inductor elsewhere"),
+                                     "inductor elsewhere; dynamo's default recompile limit (8): shapes past "
+                                     "it run eager"),
     Switch("pad64", "P4", "pad inputs to a multiple of 64 so fewer distinct shapes reach the compiled graph; "
                           "dynamo recompile limit raised to 32"),
     Switch("fold_bn", "extra", "fold FrozenBN into the preceding conv's weight and bias (004's Conv-BN fusion; "
@@ -217,13 +219,41 @@ def half_tower_convs(model: BlendMask, dtype: torch.dtype) -> int:
 class CompileInfo:
     backend: str
     targets: List[str]
+    #: dynamo's recompile limit while this recipe's shapes compile (study.steps.warm_shapes sets it):
+    #: RECOMPILE_LIMIT with pad64 (the seed's P4), dynamo's own default without (the seed's P3)
     recompile_limit: Optional[int] = None
+
+
+def default_recompile_limit() -> int:
+    """Dynamo's default recompile limit (8), whatever the knob is set to now."""
+    import torch._dynamo.config as dcfg
+
+    entries = getattr(dcfg, "_config", {})
+    for name in ("recompile_limit", "cache_size_limit"):
+        default = getattr(entries.get(name), "default", None)
+        if isinstance(default, int):
+            return default
+    return 8
+
+
+def own_forward(module: nn.Module) -> nn.Module:
+    """Give ``module`` a forward of its own: its class's forward on a new code object. Dynamo keeps
+    its compiled graphs, its recompile count and its verdict once the limit is hit (from then on:
+    the graphs it has, every other shape eager) per code object, so without this all compiled
+    instances of a class in a process share them: P3's backbone hitting its limit would leave P4's
+    (and every extra's) new shapes eager, and a shape one recipe compiled would count as another's.
+    (torch.compile(isolate_recompiles=True) of newer torch does the same; this works on any.)"""
+    f = type(module).forward
+    own = types.FunctionType(f.__code__.replace(), f.__globals__, f.__name__, f.__defaults__, f.__closure__)
+    own.__kwdefaults__, own.__qualname__ = f.__kwdefaults__, f.__qualname__
+    module.forward = types.MethodType(own, module)
+    return module
 
 
 def _compile(module: nn.Module, backend: str) -> nn.Module:
     if backend == "npu":
         import torch_npu  # noqa: F401  (registers the npu backend: NPU_NOTES "Graph mode")
-    return torch.compile(module, backend=backend, dynamic=False)
+    return torch.compile(own_forward(module), backend=backend, dynamic=False)
 
 
 def build_pipeline(base: Pipeline, recipe: Union[str, Sequence[str]], device: Optional[torch.device] = None,
@@ -277,14 +307,15 @@ def build_pipeline(base: Pipeline, recipe: Union[str, Sequence[str]], device: Op
         opts.pad_multiple = PAD_MULTIPLE
         info["recompile_limit_knob"] = devmod.set_recompile_limit(RECOMPILE_LIMIT)
     backend = devmod.default_compile_backend(dev)
+    limit = RECOMPILE_LIMIT if "pad64" in names else default_recompile_limit()
     if "compile_model" in names:
         model.backbone = _compile(model.backbone, backend)
         model.proposal_generator = _compile(model.proposal_generator, backend)
         model.basis_module = _compile(model.basis_module, backend)
-        info["compile"] = CompileInfo(backend, ["backbone", "proposal_generator", "basis_module"])
+        info["compile"] = CompileInfo(backend, ["backbone", "proposal_generator", "basis_module"], limit)
     elif "compile_backbone" in names:
         model.backbone = _compile(model.backbone, backend)
-        info["compile"] = CompileInfo(backend, ["backbone"])
+        info["compile"] = CompileInfo(backend, ["backbone"], limit)
     pipe = Pipeline(model, base.min_size, base.max_size, opts, dense=base.dense)
     pipe.recipe_info = info
     return pipe

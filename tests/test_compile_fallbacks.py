@@ -1,0 +1,150 @@
+"""P3 as the seed measured it: dynamo's default recompile limit, shapes past it eager (counted per
+image); P4 raises the limit to 32. study.steps.warm_shapes on the tiny model with dynamo's "eager"
+backend (what is compiled is a graph either way; no inductor build in a unit test), and the
+finding of blendstudy.fallbacks."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from blendstudy import device as devmod
+from blendstudy import fallbacks, optimize
+from blendstudy.predictor import load_pipeline
+from blendstudy.study.steps import images_by_shape, warm_shapes
+
+# (h, w) -> padded input of the tiny model (short side 384, long side <= 640), padded to 32 and 64:
+# 480x640 -> 384x512, 427x640 -> 384x576, 640x480 -> 512x384: three shapes at either padding
+SIZES = {"a": (480, 640), "b": (427, 640), "c": (640, 480), "d": (480, 640)}
+
+
+@pytest.fixture
+def knob():
+    import torch._dynamo.config as dcfg
+
+    saved = {k: getattr(dcfg, k) for k in ("recompile_limit", "cache_size_limit") if hasattr(dcfg, k)}
+    yield dcfg
+    for k, v in saved.items():
+        setattr(dcfg, k, v)
+    torch._dynamo.reset()
+
+
+@pytest.fixture
+def study(monkeypatch, knob):
+    """The tiny model compiled with dynamo's eager backend, dynamo's default limit patched to 2, and
+    four benchmark images of three shapes (a and d share one)."""
+    monkeypatch.setattr(devmod, "default_compile_backend", lambda device: "eager")
+    monkeypatch.setattr(optimize, "default_recompile_limit", lambda: 2)
+    base = load_pipeline("BlendMask/Tiny_synthetic", "tiny_synthetic", "cpu").pipeline
+    rng = np.random.default_rng(0)
+    images = {k: rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for k, (h, w) in SIZES.items()}
+    return SimpleNamespace(base=base, ctx=SimpleNamespace(images=images, device=torch.device("cpu")))
+
+
+def _graph(rows):
+    return [(tuple(r["shape (h, w)"]), r["graph"], r["images"]) for r in rows]
+
+
+def test_p3_keeps_dynamos_default_limit_and_runs_the_shapes_past_it_eager(study, knob):
+    pipe = optimize.build_pipeline(study.base, "p3")
+    assert pipe.recipe_info["compile"].recompile_limit == 2  # dynamo's default (patched), not raised
+    rows = warm_shapes(study.ctx, "p3", pipe)
+    assert _graph(rows) == [((384, 512), "compiled", 2), ((384, 576), "compiled", 1), ((512, 384), "eager", 1)]
+    assert {r["recompile limit"] for r in rows} == {2} and knob.recompile_limit == 2
+    assert all(r["pad multiple"] == 32 and r["first call ms"] > 0 for r in rows)
+    # the eager shape stays eager: calling it again compiles nothing
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    pipe(study.ctx.images["c"])
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
+    # warming again reports the same rows (nothing new compiled, nothing re-timed)
+    assert warm_shapes(study.ctx, "p3", pipe) is rows
+    assert fallbacks.finding(rows) == ("p3 (recompile limit 2, pad 32): compiled 2 of 3 shapes; 1 (512x384) ran "
+                                       "eager: 1 of 4 benchmark images.")
+
+
+def test_p4_raises_the_limit_to_32_even_after_p3_hit_its_own_in_the_same_process(study, knob):
+    p3 = optimize.build_pipeline(study.base, "p3")
+    p4 = optimize.build_pipeline(study.base, "p4")  # sets the process-wide knob to 32 when built ...
+    assert [r["graph"] for r in warm_shapes(study.ctx, "p3", p3)].count("eager") == 1  # ... P3 still gets 2
+    rows = warm_shapes(study.ctx, "p4", p4)
+    assert p4.recipe_info["compile"].recompile_limit == optimize.RECOMPILE_LIMIT == 32
+    assert _graph(rows) == [((384, 512), "compiled", 2), ((384, 576), "compiled", 1), ((512, 384), "compiled", 1)]
+    assert {r["recompile limit"] for r in rows} == {32} and knob.recompile_limit == 32
+    assert all(r["pad multiple"] == 64 for r in rows)
+    assert fallbacks.finding(rows) == ("p4 (recompile limit 32, pad 64): 3 shapes, all compiled; none of the 4 "
+                                       "benchmark images ran eager.")
+
+
+def test_a_recipe_that_compiles_nothing_warms_nothing(study):
+    pipe = optimize.build_pipeline(study.base, "p2")
+    assert warm_shapes(study.ctx, "p2", pipe) == []
+    assert list(images_by_shape(study.ctx, pipe).values()) == [["a", "d"], ["b"], ["c"]]
+
+
+class _Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        return self.conv(x).relu()
+
+
+def test_each_compiled_module_has_its_own_code_so_its_own_limit(knob):
+    """Two compiled instances of one class: the first hitting its limit leaves the second free."""
+    knob.recompile_limit = 1
+    first, second = (torch.compile(optimize.own_forward(_Tiny()), backend="eager", dynamic=False) for _ in "ab")
+    assert first._orig_mod.forward.__code__ is not second._orig_mod.forward.__code__
+    counters = torch._dynamo.utils.counters["stats"]
+    for model, expected in ((first, [1, 0]), (second, [1, 0])):
+        new = []
+        for size in (8, 9):
+            before = counters["unique_graphs"]
+            model(torch.zeros(1, 3, size, size))
+            new.append(counters["unique_graphs"] - before)
+        assert new == expected
+    x = torch.randn(1, 3, 8, 8)
+    assert torch.equal(first(x), first._orig_mod.conv(x).relu())
+
+
+def test_default_recompile_limit_is_dynamos_whatever_the_knob_says(knob):
+    knob.recompile_limit = 32
+    assert optimize.default_recompile_limit() == 8
+
+
+ROWS = [
+    {"recipe": "p3", "shape (h, w)": [384, 512], "pad multiple": 32, "images": 5, "recompile limit": 8,
+     "graph": "compiled", "first call ms": 30000.0},
+    {"recipe": "p3", "shape (h, w)": [384, 608], "pad multiple": 32, "images": 4, "recompile limit": 8,
+     "graph": "eager", "first call ms": 200.0},
+    {"recipe": "p3", "shape (h, w)": [352, 640], "pad multiple": 32, "images": 1, "recompile limit": 8,
+     "graph": "eager", "first call ms": 200.0},
+    {"recipe": "p4", "shape (h, w)": [384, 640], "pad multiple": 64, "images": 10, "recompile limit": 32,
+     "graph": "compiled", "first call ms": 3000.0},
+]
+
+
+def test_by_recipe_counts_shapes_and_images():
+    p3, p4 = fallbacks.by_recipe(ROWS)
+    assert (p3["shapes"], p3["compiled"], p3["eager"], p3["images"], p3["eager images"]) == (3, 1, 2, 10, 5)
+    assert p3["eager shapes"] == [(384, 608), (352, 640)] and p3["recompile limit"] == 8
+    assert (p4["shapes"], p4["eager"], p4["eager images"], p4["pad multiple"]) == (1, 0, 0, 64)
+
+
+def test_finding_says_what_each_recipe_got():
+    assert fallbacks.finding(ROWS) == (
+        "p3 (recompile limit 8, pad 32): compiled 1 of 3 shapes; 2 (384x608, 352x640) ran eager: 5 of 10 "
+        "benchmark images. p4 (recompile limit 32, pad 64): 1 shape, all compiled; none of the 10 benchmark "
+        "images ran eager.")
+    assert fallbacks.finding([]) == "Nothing was compiled."
+
+
+def test_shape_table_has_a_row_per_shape():
+    table = fallbacks.shape_table(ROWS)
+    assert list(table["graph"]) == ["compiled", "eager", "eager", "compiled"]
+    assert list(table.columns[:4]) == ["recipe", "shape (h, w)", "pad multiple", "graph"]
+    assert fallbacks.shape_table([]).empty
