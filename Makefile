@@ -11,11 +11,14 @@ ifeq ($(strip $(DETECTED)),)
 $(error cannot pick a profile: '$(PYTHON) env/detect_profile.py' failed (PYTHON=$(PYTHON); PROFILE must be npu, cuda or cpu))
 endif
 override PROFILE := $(firstword $(DETECTED))
-$(info profile: $(PROFILE) ($(wordlist 2,999,$(DETECTED))))
+# the profile whose requirements are installed: PROFILE's, except on the emulated Ascend stack
+# (BLENDSTUDY_EMULATE=npu: profile npu, its stand-in torch_npu running on the cpu profile's torch)
+INSTALL := $(word 2,$(DETECTED))
+$(info profile: $(PROFILE) ($(wordlist 3,999,$(DETECTED))))
 
 STAMP       := $(VENV)/.installed
-REQUIRE     := env/requirements-$(PROFILE).txt
-CONSTRAINTS := $(wildcard env/constraints-$(PROFILE).txt)
+REQUIRE     := env/requirements-$(INSTALL).txt
+CONSTRAINTS := $(wildcard env/constraints-$(INSTALL).txt)
 
 .PHONY: help venv test lint reproduce lab tiny-model clean
 
@@ -27,10 +30,10 @@ help:
 	@echo "PROFILE=npu|cuda|cpu            force the environment profile (default: detected, see env/README.md)"
 	@echo "PYTHON=... VENV=...             the interpreter that creates the venv, and where it goes"
 
-# A venv belongs to one profile: its stamp holds the profile's name (an empty stamp predates this rule).
+# A venv belongs to one installed profile: its stamp holds the profile's name (an empty stamp predates this rule).
 define check_stamp
-@if [ -s $(STAMP) ] && [ "$$(cat $(STAMP))" != "$(PROFILE)" ]; then \
-  echo "$(VENV) was installed for profile $$(cat $(STAMP)), not $(PROFILE): run 'make clean', or use VENV=.venv-$(PROFILE)"; \
+@if [ -s $(STAMP) ] && [ "$$(cat $(STAMP))" != "$(INSTALL)" ]; then \
+  echo "$(VENV) was installed for profile $$(cat $(STAMP)), not $(INSTALL): run 'make clean', or use VENV=.venv-$(INSTALL)"; \
   exit 1; \
 fi
 endef
@@ -39,13 +42,13 @@ endef
 # make the PEP 660 editable install (`pip install -e .` needs setuptools >= 64).
 $(STAMP): $(REQUIRE) $(CONSTRAINTS) pyproject.toml
 	$(check_stamp)
-	@$(PYTHON) env/detect_profile.py --fit --profile $(PROFILE)
+	@$(PYTHON) env/detect_profile.py --fit --profile $(INSTALL)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
-	$(PY) -m pip install -q -r $(REQUIRE) $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
+	$(PY) env/install_profile.py --profile $(INSTALL) --python $(PY)
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
-	echo $(PROFILE) > $@
+	echo $(INSTALL) > $@
 
 venv: $(STAMP)
 	$(check_stamp)

@@ -5,13 +5,15 @@ Standard library only: `make` runs it with $(PYTHON) before any virtual environm
 `blendstudy.doctor` loads this same file by path (one implementation). Python >= 3.9.
 
     python env/detect_profile.py            ->  profile: cpu (no CANN environment, torch_npu or NVIDIA driver found)
-    python env/detect_profile.py --make     ->  cpu no CANN environment, ...   (first word = profile)
+    python env/detect_profile.py --make     ->  cpu cpu no CANN environment, ...   (profile, profile installed, why)
     python env/detect_profile.py --json     ->  {"profile": "cpu", "reason": "...", "python": "3.11", ...}
     python env/detect_profile.py --fit      ->  ok: Python 3.11.7 on x86_64 fits: cpu pins are for ...
 
 Order: PROFILE given (argument or environment) > npu > cuda > cpu.
-  npu  when CANN's environment is sourced (ASCEND_TOOLKIT_HOME or ASCEND_HOME_PATH set), the toolkit
-       is installed (/usr/local/Ascend/ascend-toolkit), or torch_npu is installed for this Python;
+  npu  when CANN's environment is sourced (ASCEND_TOOLKIT_HOME or ASCEND_HOME_PATH naming a toolkit
+       folder: version.cfg or <arch>-linux inside), the toolkit is installed
+       (/usr/local/Ascend/ascend-toolkit), or torch_npu is installed for this Python; with
+       BLENDSTUDY_EMULATE=npu (the emulated stack of emulation/npu) npu too, installing the cpu profile;
   cuda when an NVIDIA driver is present (`nvidia-smi` runs, or /proc/driver/nvidia exists);
   cpu  otherwise.
 `--root DIR` looks for the fixed paths under DIR instead of / (tests).
@@ -35,6 +37,12 @@ PROFILES = ("npu", "cuda", "cpu")
 ASCEND_TOOLKIT_DIR = "/usr/local/Ascend/ascend-toolkit"
 CANN_ENV_VARS = ("ASCEND_TOOLKIT_HOME", "ASCEND_HOME_PATH")
 NVIDIA_PROC_DIR = "/proc/driver/nvidia"
+#: BLENDSTUDY_EMULATE=npu: the emulated Ascend stack of emulation/npu (tests, demos). Detection says npu;
+#: what is installed is the cpu profile (the stand-in torch_npu runs on CPU torch)
+EMULATE_VAR = "BLENDSTUDY_EMULATE"
+EMULATED_INSTALL = "cpu"
+EMULATED_TOOLKIT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "emulation", "npu", "cann", "ascend-toolkit", "latest")
 
 #: what each profile's pins were resolved for (tests/test_env_profiles.py checks it with pip's resolver):
 #: (python versions, machine architectures)
@@ -70,6 +78,30 @@ def torch_npu_installed() -> bool:
         return False
 
 
+def cann_home_problem(path: str) -> Optional[str]:
+    """None when ``path`` (a sourced ASCEND_TOOLKIT_HOME / ASCEND_HOME_PATH) is a CANN toolkit -- a folder
+    with version.cfg, or an <arch>-linux folder -- else why not, in a few words."""
+    if not os.path.isdir(path):
+        return f"{path} does not exist"
+    if os.path.isfile(os.path.join(path, "version.cfg")) or any(
+            os.path.isdir(os.path.join(path, f"{arch}-linux")) for arch in ("aarch64", "x86_64")):
+        return None
+    return f"{path} holds no version.cfg or <arch>-linux folder: not a CANN toolkit"
+
+
+def emulated_cann_version() -> Optional[str]:
+    """The emulated toolkit's CANN version (emulation/npu/cann), None when it is absent."""
+    cfg = os.path.join(EMULATED_TOOLKIT, "version.cfg")
+    try:
+        with open(cfg) as fh:
+            for line in fh:
+                if line.startswith("runtime_running_version="):
+                    return line.split(":", 1)[1].strip().rstrip("]")
+    except OSError:
+        return None
+    return None
+
+
 def detect(profile: Optional[str] = None, environ: Optional[Mapping[str, str]] = None,
            root: str = "/") -> Tuple[str, str]:
     """(profile, one-line reason). `profile` (or $PROFILE) wins when given; ValueError if unknown."""
@@ -79,9 +111,14 @@ def detect(profile: Optional[str] = None, environ: Optional[Mapping[str, str]] =
         if given not in PROFILES:
             raise ValueError(f"unknown PROFILE={given!r}: use one of {', '.join(PROFILES)}")
         return given, f"PROFILE={given} given"
+    if env.get(EMULATE_VAR, "").strip().lower() == "npu":
+        return "npu", (f"emulated Ascend stack ({EMULATE_VAR}=npu: CANN {emulated_cann_version() or '?'} stand-in "
+                       f"in emulation/npu; installs the {EMULATED_INSTALL} profile)")
     for var in CANN_ENV_VARS:
         if env.get(var):
-            return "npu", f"CANN environment sourced ({var}={env[var]})"
+            problem = cann_home_problem(env[var])
+            if problem is None:
+                return "npu", f"CANN environment sourced ({var}={env[var]})"
     toolkit = _under(root, ASCEND_TOOLKIT_DIR)
     if os.path.isdir(toolkit):
         return "npu", f"CANN toolkit installed at {toolkit} (not sourced yet: source {ASCEND_TOOLKIT_DIR}/set_env.sh)"
@@ -93,6 +130,15 @@ def detect(profile: Optional[str] = None, environ: Optional[Mapping[str, str]] =
     if os.path.exists(proc):
         return "cuda", f"NVIDIA driver present ({proc} exists)"
     return "cpu", "no CANN environment, torch_npu or NVIDIA driver found"
+
+
+def install_profile(profile: str, environ: Optional[Mapping[str, str]] = None) -> str:
+    """The profile whose requirements are installed: ``profile``, except on the emulated Ascend stack
+    (the cpu profile: its stand-in torch_npu runs on CPU torch)."""
+    env = os.environ if environ is None else environ
+    if profile == "npu" and env.get(EMULATE_VAR, "").strip().lower() == "npu":
+        return EMULATED_INSTALL
+    return profile
 
 
 def python_fits(profile: str, version: Optional[Tuple[int, int, int]] = None,
@@ -133,7 +179,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"detect_profile: {exc}", file=sys.stderr)
         return 2
     if args.make:
-        print(f"{profile} {reason}")
+        print(f"{profile} {install_profile(profile)} {reason}")
     elif args.json:
         print(json.dumps(describe(profile, reason)))
     elif args.fit:

@@ -4,7 +4,9 @@ their checks, and the pipeline fed by a backend instead of the three model calls
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -345,65 +347,32 @@ def test_atc_command_and_soc_version():
     assert soc is None or soc.startswith("Ascend")
 
 
-FAKE_AIS_BENCH = '''
-"""Test stand-in for ais_bench.infer.interface: an "om" that is really the ONNX graph, run by onnxruntime,
-behind InferSession's interface (get_inputs/get_outputs descriptors, infer(feeds, mode) -> list of arrays
-in the model's output order, ATC-style output names, flat output buffers)."""
-from types import SimpleNamespace
-
-import numpy as np
-import onnxruntime
-
-CALLS = []
-
-
-class InferSession:
-    def __init__(self, device_id, model_path, acl_json_path=None, debug=False, loop=1):
-        self.device_id = device_id
-        self._s = onnxruntime.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-        self._names = [o.name for o in self._s.get_outputs()]
-        shape = self._s.get_inputs()[0].shape
-        # a fixed-shape om, as ATC --input_shape makes it; output shapes from one run at that shape
-        runs = self._s.run(None, {"images": np.zeros(shape, np.float32)})
-        self._outputs = [SimpleNamespace(name=f"Conv_{i}:0:{n}", shape=list(a.shape), datatype="FLOAT")
-                         for i, (n, a) in enumerate(zip(self._names, runs))]
-        self._inputs = [SimpleNamespace(name="images", shape=list(shape), datatype="FLOAT")]
-
-    def get_inputs(self):
-        return self._inputs
-
-    def get_outputs(self):
-        return self._outputs
-
-    def infer(self, feeds, mode="static", custom_sizes=100000, out_array=True):
-        assert mode == "static" and len(feeds) == 1
-        assert list(feeds[0].shape) == self._inputs[0].shape and feeds[0].dtype == np.float32
-        CALLS.append(self.device_id)
-        return [a.reshape(-1) for a in self._s.run(None, {"images": feeds[0]})]
-
-    def free_resource(self):
-        CALLS.append("free")
-'''
+EMULATION = Path(__file__).resolve().parents[1] / "emulation" / "npu"
+AIS_MODULES = ("ais_bench", "ais_bench.infer", "ais_bench.infer.interface", "emulated_ascend")
 
 
 @pytest.fixture
-def fake_ais_bench(tmp_path, monkeypatch):
-    pkg = tmp_path / "fake_site" / "ais_bench"
-    (pkg / "infer").mkdir(parents=True)
-    (pkg / "__init__.py").write_text("")
-    (pkg / "infer" / "__init__.py").write_text("")
-    (pkg / "infer" / "interface.py").write_text(FAKE_AIS_BENCH)
-    for mod in ("ais_bench", "ais_bench.infer", "ais_bench.infer.interface"):
+def fake_ais_bench(monkeypatch):
+    """The emulated Ascend stack's ais_bench (an InferSession over ONNX Runtime, emulation/npu/site) on
+    sys.path; its atc on PATH (with this interpreter, which has onnx)."""
+    for mod in AIS_MODULES:
         monkeypatch.delitem(sys.modules, mod, raising=False)
-    monkeypatch.syspath_prepend(str(tmp_path / "fake_site"))
+    monkeypatch.syspath_prepend(str(EMULATION / "site"))
+    monkeypatch.setenv("PATH", f"{EMULATION / 'bin'}:{os.environ['PATH']}")
+    monkeypatch.setenv("BLENDSTUDY_EMULATE_PYTHON", sys.executable)
+    monkeypatch.setenv("BLENDSTUDY_EMULATE_NPUS", "4")
     yield
-    for mod in ("ais_bench", "ais_bench.infer", "ais_bench.infer.interface"):
+    for mod in AIS_MODULES:
         sys.modules.pop(mod, None)
 
 
 def _om_dir(exports, tmp_path) -> Path:
+    """A copy of the fixed-size export with the model.om the emulated atc compiles from it."""
     d = _copy_export(exports["fixed"], tmp_path / "om")
-    shutil.copyfile(d / "model.onnx", d / "model.om")  # what ATC would compile, here run by the stand-in
+    h, w = json.loads((d / "model.json").read_text())["input_size"]
+    proc = subprocess.run(atc_command(d / "model.onnx", d / "model", "Ascend910B3", (h, w)), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0 and (d / "model.om").is_file(), proc.stderr
     return d
 
 
@@ -413,9 +382,9 @@ def test_om_backend_through_stand_in_session(fake_ais_bench, exports, tiny, batc
     assert backend.providers == ["npu:3"] and backend.input_size == tuple(batch.shape[-2:])
     assert_dense_close(backend(batch), eager_dense(tiny.pipeline.model, batch))
     assert_same_detections(dense_pipeline(tiny.pipeline, backend)(image), tiny.pipeline(image))
+    assert backend.session.device_id == 3
     backend.close()
-    calls = sys.modules["ais_bench.infer.interface"].CALLS
-    assert calls[0] == 3 and calls[-1] == "free"
+    assert backend.session.freed
 
 
 def test_om_backend_errors(fake_ais_bench, exports, tmp_path, monkeypatch):

@@ -17,7 +17,8 @@ from blendstudy import device as devmod
 from blendstudy import doctor
 
 CHECKS = ["device_resolves", "profile_pins_fit_python", "profile_pins_installed", "setuptools_editable",
-          "mistune_nbconvert", "torch_requirements_met", "torch_autoload_guard", "torch_npu_loads", "cann_sourced",
+          "mistune_nbconvert", "torch_requirements_met", "torch_autoload_guard", "torch_npu_loads", "torch_npu_deps",
+          "cann_sourced",
           "task_queue_not_forced_off", "omp_threads_effective", "core_binding_numa_local", "cpu_affinity_conf_form",
           "set_device_called", "channels_last", "recompile_limit_knob", "compile_backend", "jupytext_pairing",
           "offline_runtime"]
@@ -105,11 +106,14 @@ def test_omp_threads_set_too_late_fails(monkeypatch):
     assert doctor._check_omp().status == "skip"
 
 
-def test_cpu_affinity_conf_needs_the_mode_key(monkeypatch):
-    monkeypatch.setenv("CPU_AFFINITY_CONF", "1,npu0:0-23")
-    assert doctor._check_affinity_conf().status == "fail"
-    monkeypatch.setenv("CPU_AFFINITY_CONF", devmod.cpu_affinity_conf(1, {0: "0-23"}))
-    assert doctor._check_affinity_conf().status == "pass"
+def test_cpu_affinity_conf_needs_a_mode(monkeypatch):
+    # torch_npu 2.8 takes the mode as a bare value (Ascend's documented form) or as mode:N
+    for ok in ("1,npu0:0-23", "2", devmod.cpu_affinity_conf(1, {0: "0-23"})):
+        monkeypatch.setenv("CPU_AFFINITY_CONF", ok)
+        assert doctor._check_affinity_conf().status == "pass", ok
+    for bad in ("npu0:0-23", "mode:x,npu0:0-23", "3"):
+        monkeypatch.setenv("CPU_AFFINITY_CONF", bad)
+        assert doctor._check_affinity_conf().status == "fail", bad
 
 
 def test_autoload_guard(monkeypatch):
@@ -124,11 +128,7 @@ def test_npu_checks_on_a_fake_npu(monkeypatch):
     npu = SimpleNamespace(type="npu", index=1)
     c = doctor._check_channels_last(npu)
     assert c.status == "skip" and "Contiguous" in c.detail
-    monkeypatch.setattr(devmod, "current_index", lambda d: 0)
-    c = doctor._check_set_device(npu)
-    assert c.status == "fail" and "activate" in c.detail
-    monkeypatch.setattr(devmod, "current_index", lambda d: 1)
-    assert doctor._check_set_device(npu).status == "pass"
+    # set_device_called needs a real npu device: tests/test_emulated_npu.py checks it on the emulated stack
     monkeypatch.setattr(devmod, "task_queue_in_force", lambda: {"value": 0, "source": "x"})
     monkeypatch.setattr(sys, "ps1", ">>> ", raising=False)
     c = doctor._check_task_queue(npu)
@@ -196,3 +196,31 @@ def test_doctor_with_torch_npu_installed_but_no_cann(tmp_path):
     assert checks["device_resolves"]["status"] == "pass"  # auto went on with cpu/cuda
     assert out.stderr.strip().endswith("— continuing on " + data["found"]["device"])
     assert Path(data["found"]["executable"]) == Path(sys.executable)
+
+
+@pytest.mark.parametrize("value", ["/nonexistent", "EMPTY"])
+def test_a_cann_variable_naming_no_toolkit_fails_cann_sourced(monkeypatch, tmp_path, value):
+    if value == "EMPTY":
+        value = str(tmp_path)
+    monkeypatch.delenv("ASCEND_TOOLKIT_HOME", raising=False)
+    monkeypatch.setenv("ASCEND_HOME_PATH", value)
+    c = doctor._check_cann("npu", SimpleNamespace(cann=None))
+    assert c.status == "fail" and value in c.detail and "set_env.sh" in c.detail
+    (tmp_path / "version.cfg").write_text("runtime_running_version=[8.5.0.1.200:8.5.0]\n")
+    monkeypatch.setenv("ASCEND_HOME_PATH", str(tmp_path))
+    assert doctor._check_cann("npu", SimpleNamespace(cann="8.5.0")).status == "pass"
+
+
+def test_pins_installed_fails_when_pip_check_fails(monkeypatch):
+    monkeypatch.setattr(doctor, "_requirement_pins", lambda profile: {"torch": torch.__version__.split("+")[0]})
+    monkeypatch.setattr(doctor, "pip_check", lambda: [])
+    assert doctor._check_pins_installed("cpu").status == "pass"
+    monkeypatch.setattr(doctor, "pip_check",
+                        lambda: ["pandas 3.1.1 has requirement numpy>=9, but you have numpy 2.4.6."])
+    c = doctor._check_pins_installed("cpu")
+    assert c.status == "fail" and "pip check" in c.detail and "numpy>=9" in c.detail
+    # the npu profile's known x86_64 install (torch_npu --no-deps) is torch_npu_deps's to report, not a failure here
+    monkeypatch.setattr(doctor, "pip_check", lambda: ["torch-npu 2.8.0.post2 has requirement torch==2.8.0+cpu, "
+                                                      "but you have torch 2.8.0."])
+    assert doctor._check_pins_installed("cpu").status == "pass"
+

@@ -89,13 +89,44 @@ def test_detect_nothing_is_cpu(tmp_path, fake_root):
     assert out.stdout.startswith("profile: cpu (") and "no CANN" in out.stdout
 
 
+def _toolkit(tmp_path: Path) -> Path:
+    """A folder shaped like a CANN toolkit's `latest` (version.cfg inside)."""
+    home = tmp_path / "Ascend" / "ascend-toolkit" / "latest"
+    home.mkdir(parents=True)
+    (home / "version.cfg").write_text("runtime_running_version=[8.5.0.1.200:8.5.0]\n")
+    return home
+
+
 @pytest.mark.parametrize("var", ["ASCEND_TOOLKIT_HOME", "ASCEND_HOME_PATH"])
 def test_detect_cann_environment_is_npu(tmp_path, fake_root, var):
     env = _clean_env(tmp_path)
-    home = "/usr/local/Ascend/ascend-toolkit/latest"
-    env[var] = home
+    home = _toolkit(tmp_path)
+    env[var] = str(home)
     out = _run_detect("--root", str(fake_root), env=env)
     assert out.stdout.strip() == f"profile: npu (CANN environment sourced ({var}={home}))"
+
+
+@pytest.mark.parametrize("value", ["/nonexistent", "EMPTY"])
+def test_a_cann_variable_naming_no_toolkit_is_not_cann(tmp_path, fake_root, value):
+    if detect_profile.torch_npu_installed():
+        pytest.skip("torch_npu is installed for this Python: detection says npu whatever the rest")
+    env = _clean_env(tmp_path)
+    if value == "EMPTY":
+        value = str(tmp_path / "empty")
+        os.mkdir(value)
+    env["ASCEND_HOME_PATH"] = value
+    out = _run_detect("--make", "--root", str(fake_root), env=env)
+    assert out.stdout.split()[0] == "cpu", out.stdout
+    assert detect_profile.cann_home_problem(value) is not None
+
+
+def test_detect_the_emulated_stack_is_npu_installing_cpu(tmp_path, fake_root):
+    env = _clean_env(tmp_path)
+    env["BLENDSTUDY_EMULATE"] = "npu"
+    out = _run_detect("--make", "--root", str(fake_root), env=env)
+    words = out.stdout.split()
+    assert words[:2] == ["npu", "cpu"] and "emulated Ascend stack" in out.stdout and "CANN 8.5.0" in out.stdout
+    assert detect_profile.cann_home_problem(detect_profile.EMULATED_TOOLKIT) is None
 
 
 def test_detect_installed_toolkit_is_npu(tmp_path, fake_root):
@@ -125,7 +156,7 @@ def test_detect_profile_given_wins_and_is_checked(tmp_path, fake_root):
     env["ASCEND_TOOLKIT_HOME"] = "/x"
     assert _run_detect("--profile", "cpu", env=env).stdout.strip() == "profile: cpu (PROFILE=cpu given)"
     env["PROFILE"] = "cuda"
-    assert _run_detect("--make", env=env).stdout.strip() == "cuda PROFILE=cuda given"
+    assert _run_detect("--make", env=env).stdout.strip() == "cuda cuda PROFILE=cuda given"
     bad = _run_detect("--profile", "gpu", env=env)
     assert bad.returncode == 2 and "unknown PROFILE='gpu'" in bad.stderr and not bad.stdout
 
@@ -142,16 +173,23 @@ def test_python_fits():
     assert fits("npu", (3, 9, 0), "arm64")[0]  # macOS spelling of the architecture
 
 
-@pytest.mark.parametrize("case", ["nothing", "cann", "nvidia", "given"])
+@pytest.mark.parametrize("case", ["nothing", "cann", "nvidia", "given", "emulated"])
 def test_makefile_first_line_names_the_profile(tmp_path, case):
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
     env = _clean_env(tmp_path)
     args = ["make", "-n", "venv", f"VENV={tmp_path / 'venv'}", f"PYTHON={sys.executable}"]
     expected = "profile: cpu (no CANN environment, torch_npu or NVIDIA driver found)"
+    installed = None
     if case == "cann":
-        env["ASCEND_HOME_PATH"] = "/usr/local/Ascend/ascend-toolkit/latest"
-        expected = "profile: npu (CANN environment sourced (ASCEND_HOME_PATH=/usr/local/Ascend/ascend-toolkit/latest))"
+        home = _toolkit(tmp_path)
+        env["ASCEND_HOME_PATH"] = str(home)
+        expected = f"profile: npu (CANN environment sourced (ASCEND_HOME_PATH={home}))"
+    elif case == "emulated":
+        env["BLENDSTUDY_EMULATE"] = "npu"
+        expected = ("profile: npu (emulated Ascend stack (BLENDSTUDY_EMULATE=npu: CANN 8.5.0 stand-in in "
+                    "emulation/npu; installs the cpu profile))")
+        installed = "cpu"
     elif case == "nvidia":
         smi = tmp_path / "bin" / "nvidia-smi"
         smi.write_text("#!/bin/sh\nexit 0\n")
@@ -168,8 +206,8 @@ def test_makefile_first_line_names_the_profile(tmp_path, case):
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0] == expected
-    profile = expected.split()[1]
-    assert any(f"env/requirements-{profile}.txt" in line for line in lines[1:])
+    profile = installed or expected.split()[1]
+    assert any(f"env/install_profile.py --profile {profile} " in line for line in lines[1:])
     assert any("pip install -q --upgrade pip setuptools wheel" in line for line in lines)
     upgrade = next(i for i, line in enumerate(lines) if "--upgrade pip setuptools wheel" in line)
     editable = next(i for i, line in enumerate(lines) if "-e ." in line)

@@ -4,7 +4,11 @@ process of their own."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -33,8 +37,8 @@ def test_the_runtime_is_in_place_before_torch_starts():
 
 def test_a_kernel_forced_task_queue_does_not_reach_the_worker(monkeypatch):
     # torch_npu sets TASK_QUEUE_ENABLE=0 in an interactive kernel; the worker starts from the
-    # environment as it was before (here: unset), or from what its spec says
-    monkeypatch.setitem(W._ENV_AT_IMPORT, "TASK_QUEUE_ENABLE", "2")
+    # environment the process was started with, or from what its spec says
+    monkeypatch.setattr(W, "start_environment", lambda: {"TASK_QUEUE_ENABLE": "2"})
     monkeypatch.setenv("TASK_QUEUE_ENABLE", "0")
     with Worker() as w:
         assert w.call(process_info)["env"]["TASK_QUEUE_ENABLE"] == "2"
@@ -56,6 +60,43 @@ def test_errors_come_back_as_themselves():
 def test_cores_this_machine_lacks_are_one_clear_error():
     with pytest.raises(WorkerError, match="none of the cores"):
         Worker(WorkerSpec("far", cpu_cores=[100000]))
+
+
+def _run(script: str, env: dict, bind=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=300, preexec_fn=bind)
+
+
+def test_torch_npu_forcing_the_queue_off_before_blendstudy_is_imported_does_not_reach_the_worker():
+    # an interactive kernel that imported torch_npu BEFORE blendstudy: torch_npu's TASK_QUEUE_ENABLE=0
+    # is already in os.environ when blendstudy first looks; the worker still gets what the kernel started with
+    out = _run("""
+        import json, os, sys
+        sys.ps1 = ">>> "                        # an interactive interpreter, as every Jupyter kernel
+        os.environ["TASK_QUEUE_ENABLE"] = "0"   # what `import torch_npu` does there
+        from blendstudy.measure.worker import Worker, process_info
+        with Worker() as w:
+            print(json.dumps(w.call(process_info)["env"].get("TASK_QUEUE_ENABLE")))
+        """, {"TASK_QUEUE_ENABLE": "2"})
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.splitlines()[-1]) == "2"
+
+
+def test_cores_outside_this_process_cpuset_are_one_clear_error():
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        pytest.skip("needs two cores to restrict a process to one of them")
+    # a process confined to one core (as a container's cpuset confines it) asks for the other
+    out = _run(f"""
+        from blendstudy.measure.worker import Worker, WorkerError, WorkerSpec
+        try:
+            Worker(WorkerSpec("P2 TQ=2+bind", cpu_cores=[{cores[1]}]))
+        except WorkerError as exc:
+            print("WorkerError:", exc)
+        """, {}, bind=lambda: os.sched_setaffinity(0, [cores[0]]))
+    assert out.returncode == 0, out.stderr
+    line = out.stdout.strip()
+    assert line.startswith("WorkerError:") and f"may use {cores[0]}" in line and "\n" not in line
 
 
 @pytest.fixture(scope="module")

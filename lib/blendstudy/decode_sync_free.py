@@ -127,5 +127,5 @@ def _gather_top_feats(top_feats: List[torch.Tensor], image: int, levels: torch.T
     if not top_feats:
         return levels.new_zeros((levels.shape[0], 0), dtype=torch.float32)
     flat = [t[image].flatten(1).t() for t in top_feats]  # (HW_l, D) per level
-    offsets = torch.tensor([0] + [f.shape[0] for f in flat[:-1]], device=levels.device).cumsum(0)
+    offsets = torch.tensor([0] + [f.shape[0] for f in flat[:-1]]).to(levels.device).cumsum(0)
     return torch.cat(flat, 0)[offsets[levels] + loc_idx]

@@ -48,7 +48,8 @@ def torch_npu_installed() -> bool:
 
 
 def torch_npu_version() -> Optional[str]:
-    """The installed torch_npu distribution's version (from its metadata, without importing it)."""
+    """The installed torch_npu distribution's version (from its metadata, without importing it; else
+    the loaded module's own __version__)."""
     from importlib import metadata
 
     for name in ("torch_npu", "torch-npu"):
@@ -56,7 +57,8 @@ def torch_npu_version() -> Optional[str]:
             return metadata.version(name)
         except metadata.PackageNotFoundError:
             continue
-    return None
+    loaded = sys.modules.get("torch_npu")  # on the path but not pip-installed (the emulated stack's stand-in)
+    return getattr(loaded, "__version__", None) if loaded is not None else None
 
 
 def npu_load_problem() -> Optional[str]:
@@ -421,9 +423,15 @@ def format_cores(cores: Sequence[int]) -> str:
     return ",".join(f"{a}-{b}" if b > a else str(a) for a, b in _runs(cores))
 
 
-def numa_nodes(sys_root: str = "/sys") -> Dict[int, List[int]]:
-    """{node: cores} from <sys_root>/devices/system/node/node*/cpulist; {} where not exposed."""
-    base = os.path.join(sys_root, "devices", "system", "node")
+def sysfs_root(sys_root: Optional[str] = None) -> str:
+    """Where sysfs is read: ``sys_root`` when given, else $BLENDSTUDY_SYSFS (the emulated Ascend
+    stack's own tree, blendstudy.emulation), else /sys."""
+    return sys_root or os.environ.get("BLENDSTUDY_SYSFS") or "/sys"
+
+
+def numa_nodes(sys_root: Optional[str] = None) -> Dict[int, List[int]]:
+    """{node: cores} from <sysfs>/devices/system/node/node*/cpulist; {} where not exposed."""
+    base = os.path.join(sysfs_root(sys_root), "devices", "system", "node")
     nodes: Dict[int, List[int]] = {}
     try:
         names = os.listdir(base)
@@ -442,8 +450,8 @@ def numa_nodes(sys_root: str = "/sys") -> Dict[int, List[int]]:
     return dict(sorted(nodes.items()))
 
 
-def _pci_numa_node(bus_id: str, sys_root: str = "/sys") -> Optional[int]:
-    text = _read(os.path.join(sys_root, "bus", "pci", "devices", bus_id.lower(), "numa_node"))
+def _pci_numa_node(bus_id: str, sys_root: Optional[str] = None) -> Optional[int]:
+    text = _read(os.path.join(sysfs_root(sys_root), "bus", "pci", "devices", bus_id.lower(), "numa_node"))
     try:
         node = int(text.strip()) if text else -1
     except ValueError:
@@ -486,7 +494,7 @@ def device_bus_id(device: torch.device) -> Optional[str]:
     return None
 
 
-def device_numa_node(device: torch.device, sys_root: str = "/sys") -> Optional[int]:
+def device_numa_node(device: torch.device, sys_root: Optional[str] = None) -> Optional[int]:
     """The NUMA node the device's PCI slot hangs off (sysfs numa_node of device_bus_id), None where
     unknown (cpu, no npu-smi/nvidia-smi, a single-node machine reporting -1)."""
     bus = device_bus_id(device)
@@ -501,7 +509,7 @@ def allowed_cores() -> List[int]:
         return list(range(os.cpu_count() or 1))
 
 
-def local_cores(device: torch.device, sys_root: str = "/sys") -> List[int]:
+def local_cores(device: torch.device, sys_root: Optional[str] = None) -> List[int]:
     """The device's NUMA node's cores that this process may use; all allowed cores when the node is
     unknown (cpu, no topology) or the intersection is empty."""
     allowed = allowed_cores()
@@ -514,8 +522,10 @@ def local_cores(device: torch.device, sys_root: str = "/sys") -> List[int]:
 
 def cpu_affinity_conf(mode: int, ranges_per_npu: Optional[Mapping[int, Union[str, Sequence[int]]]] = None) -> str:
     """CPU_AFFINITY_CONF for torch_npu 2.8's own core binding, custom form `mode:1,npu0:0-23,npu1:24-47`
-    (NPU_NOTES: the `mode:` key is required; each card takes ONE contiguous range). mode 0 off,
-    1 coarse (all of a card's threads on its range), 2 fine (hot threads on their own cores)."""
+    (torch_npu reads the mode as `mode:N` or as a bare leading value, Ascend's documented `1,npu0:0-23`;
+    each card takes ONE contiguous range). mode 0 off, 1 coarse (all of a card's threads on its
+    range), 2 fine (hot threads on their own cores). torch_npu binds only when the thread may run on
+    every core of the range: a process already confined elsewhere (taskset) keeps its binding."""
     if int(mode) not in (0, 1, 2):
         raise ValueError(f"CPU_AFFINITY_CONF mode must be 0, 1 or 2, not {mode!r}")
     parts = [f"mode:{int(mode)}"]
@@ -539,13 +549,17 @@ RUNTIME_ENV = ("TASK_QUEUE_ENABLE", "OMP_NUM_THREADS", "CPU_AFFINITY_CONF", "ASC
 
 
 def task_queue_in_force() -> Optional[Dict[str, Any]]:
-    """The NPU task queue level this process runs with, None unless torch_npu is loaded. torch_npu 2.8
-    has no Python API that reads it back (its C++ reads TASK_QUEUE_ENABLE at the first stream set-up):
-    this reads the environment as torch_npu left it -- its import sets TASK_QUEUE_ENABLE=0 in an
+    """The NPU task queue level this process runs with, None unless torch_npu is loaded: read back
+    from torch_npu where it offers that (``torch.npu.task_queue_level()``: the emulated stack's). torch_npu
+    2.8 has no Python API that reads it back (its C++ reads TASK_QUEUE_ENABLE at the first stream
+    set-up): then this reads the environment as torch_npu left it -- its import sets TASK_QUEUE_ENABLE=0 in an
     interactive interpreter (sys.ps1: every Jupyter kernel) -- and ASCEND_LAUNCH_BLOCKING=1, which
     turns the queue off whatever TASK_QUEUE_ENABLE says (NPU_NOTES: "Runtime knobs")."""
     if "torch_npu" not in sys.modules or npu_import_error() is not None:
         return None
+    level = getattr(getattr(torch, "npu", None), "task_queue_level", None)
+    if callable(level):  # a torch_npu that reads its level back (the emulated stack's: blendstudy.emulation)
+        return {"value": int(level()), "source": "torch.npu.task_queue_level() (read back from torch_npu)"}
     if os.environ.get("ASCEND_LAUNCH_BLOCKING") == "1":
         return {"value": 0, "source": "ASCEND_LAUNCH_BLOCKING=1"}
     raw = os.environ.get("TASK_QUEUE_ENABLE")
@@ -602,11 +616,19 @@ def code_fingerprint() -> str:
     return h.hexdigest()[:16]
 
 
-def environment_info(device: Optional[torch.device] = None) -> Dict[str, Any]:
-    """What a results JSON records about where it ran."""
-    import sys
+def emulated() -> bool:
+    """True when this process runs on the emulated Ascend stack (BLENDSTUDY_EMULATE=npu, or the
+    emulation's stand-in torch_npu is loaded): its latencies are no device's."""
+    from blendstudy import emulation
 
+    return emulation.emulated() or bool(getattr(sys.modules.get("torch_npu"), "EMULATED", False))
+
+
+def environment_info(device: Optional[torch.device] = None) -> Dict[str, Any]:
+    """What a results JSON records about where it ran; ``emulated`` is True on the emulated Ascend
+    stack (blendstudy.emulation), whose latencies are the CPU's, not an NPU's."""
     info: Dict[str, Any] = {
+        "emulated": emulated(),
         "python": sys.version.split()[0],
         "torch": torch.__version__,
         "platform": platform.platform(),

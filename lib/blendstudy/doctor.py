@@ -224,7 +224,50 @@ def _check_pins_installed(profile: Optional[str]) -> Check:
     if wrong:
         more = f" and {len(wrong) - 4} more" if len(wrong) > 4 else ""
         return Check(name, FAIL, f"env/requirements-{profile}.txt not as pinned: {', '.join(wrong[:4])}{more}")
-    return Check(name, PASS, f"all {len(pins)} pins of env/requirements-{profile}.txt installed")
+    broken = [ln for ln in pip_check() if not _known_no_deps(ln)]
+    if broken:
+        more = f" and {len(broken) - 2} more" if len(broken) > 2 else ""
+        return Check(name, FAIL, f"pins installed but `pip check` fails: {'; '.join(broken[:2])}{more}")
+    return Check(name, PASS, f"all {len(pins)} pins of env/requirements-{profile}.txt installed; pip check passes")
+
+
+def pip_check() -> List[str]:
+    """The problems `python -m pip check` reports for this interpreter's packages ([] when none)."""
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-m", "pip", "check"], capture_output=True, text=True, timeout=120)
+    if proc.returncode == 0:
+        return []
+    return [ln.strip() for ln in (proc.stdout + proc.stderr).splitlines()
+            if ln.strip() and not ln.startswith(("WARNING", "[notice]"))]
+
+
+def _known_no_deps(line: str) -> bool:
+    """pip check's complaint about the npu profile's x86_64 install (torch_npu with --no-deps beside
+    PyPI's torch: its wheel asks for torch==X+cpu, not on PyPI), which check torch_npu_deps reports."""
+    low = line.lower()
+    return low.startswith(("torch-npu ", "torch_npu ")) and "+cpu" in low
+
+
+def _check_torch_npu_deps() -> Check:
+    name = "torch_npu_deps"
+    have = devmod.torch_npu_version()
+    if have is None:
+        return Check(name, SKIP, "torch_npu not installed")
+    torch_dist = _dist_version("torch")
+    try:
+        from importlib import metadata
+
+        wants = [r for r in (metadata.requires("torch_npu") or metadata.requires("torch-npu") or [])
+                 if r.replace(" ", "").lower().startswith("torch==")]
+    except Exception:
+        wants = []
+    want = wants[0].replace(" ", "").split("==", 1)[1].split(";")[0] if wants else None
+    if want and "+cpu" in want and torch_dist is not None and torch_dist != want:
+        return Check(name, PASS, f"torch_npu {have} installed with --no-deps beside torch {torch_dist}: its wheel asks "
+                                 f"for torch=={want}, which PyPI does not carry (same code; its CUDA libraries "
+                                 "stay unused)")
+    return Check(name, PASS, f"torch_npu {have} beside torch {torch_dist} as its wheel requires")
 
 
 def _check_setuptools() -> Check:
@@ -281,10 +324,23 @@ def _check_torch_npu() -> Check:
 def _check_cann(profile: Optional[str], found: Found) -> Check:
     if profile != "npu" and not devmod.torch_npu_installed():
         return Check("cann_sourced", SKIP, f"profile {profile}: CANN not needed")
+    problems = []
     for var in ("ASCEND_TOOLKIT_HOME", "ASCEND_HOME_PATH"):
         if os.environ.get(var):
-            return Check("cann_sourced", PASS, f"{var}={os.environ[var]} (CANN {found.cann or 'version unknown'})")
-    return Check("cann_sourced", FAIL, f"CANN's environment is not set: source {devmod.CANN_SET_ENV}")
+            problem = cann_home_problem(os.environ[var])
+            if problem is None:
+                return Check("cann_sourced", PASS, f"{var}={os.environ[var]} (CANN {found.cann or 'version unknown'})")
+            problems.append(f"{var}: {problem}")
+    why = "; ".join(problems) if problems else "CANN's environment is not set"
+    return Check("cann_sourced", FAIL, f"{why}: source {devmod.CANN_SET_ENV}")
+
+
+def cann_home_problem(path: str) -> Optional[str]:
+    """None when ``path`` is a CANN toolkit folder, else why not (env/detect_profile.py's rule)."""
+    detect = load_detect_profile()
+    if detect is not None:
+        return detect.cann_home_problem(path)
+    return None if os.path.isfile(os.path.join(path, "version.cfg")) else f"{path} holds no version.cfg"
 
 
 def _check_task_queue(dev: Optional[torch.device]) -> Check:
@@ -343,22 +399,37 @@ def _check_affinity_conf() -> Check:
     raw = os.environ.get("CPU_AFFINITY_CONF")
     if not raw:
         return Check(name, SKIP, "CPU_AFFINITY_CONF not set")
-    if "npu" in raw and "mode:" not in raw:
-        return Check(name, FAIL, f"CPU_AFFINITY_CONF={raw}: custom ranges need the mode: key "
-                                 "(e.g. mode:1,npu0:0-23), else torch_npu 2.8 leaves binding off")
-    return Check(name, PASS, f"CPU_AFFINITY_CONF={raw}")
+    items = [i.strip() for i in raw.split(",") if i.strip()]
+    modes = [i for i in items if i.isdigit()] + [i.split(":", 1)[1] for i in items if i.startswith("mode:")]
+    if not modes:
+        return Check(name, FAIL, f"CPU_AFFINITY_CONF={raw}: no mode (0 off, 1 coarse, 2 fine), so torch_npu binds "
+                                 "nothing: write it first, e.g. 1,npu0:0-23 (Ascend's CPU_AFFINITY_CONF reference)")
+    if modes[-1] not in ("0", "1", "2"):
+        return Check(name, FAIL, f"CPU_AFFINITY_CONF={raw}: mode {modes[-1]} is not 0, 1 or 2")
+    return Check(name, PASS, f"CPU_AFFINITY_CONF={raw} (mode {modes[-1]})")
 
 
-def _check_set_device(dev: Optional[torch.device]) -> Check:
+def _check_set_device(spec: str, dev: Optional[torch.device]) -> Check:
+    """The study's way to a device (resolve_device) makes it current, so that work without an index --
+    TorchAir's graph engine, tensors made as device="npu" -- lands on it. Checked from another current
+    device when there is one (else it could not fail): resolve again, then where an index-less tensor lands."""
     name = "set_device_called"
     if dev is None or dev.type == "cpu":
         return Check(name, SKIP, "cpu device")
-    current = devmod.current_index(dev)
+    be = torch.npu if dev.type == "npu" else torch.cuda  # type: ignore[attr-defined]
     want = dev.index or 0
-    if current != want:
-        return Check(name, FAIL, f"current {dev.type} device is {current}, not {want}: call "
-                                 f"blendstudy.device.activate({dev}) before compiling")
-    return Check(name, PASS, f"current {dev.type} device is {want} (set before anything compiles)")
+    count = int(be.device_count())
+    if count > 1:
+        be.set_device((want + 1) % count)  # start from another current device
+    devmod.resolve_device(spec)
+    current = devmod.current_index(dev)
+    landed = torch.empty(1, device=dev.type).device.index
+    if current != want or landed != want:
+        return Check(name, FAIL, f"after resolve_device({spec!r}) the current {dev.type} device is {current} and an "
+                                 f"index-less tensor lands on {dev.type}:{landed}, not {want}: "
+                                 f"blendstudy.device.activate({dev}) must run before anything compiles")
+    return Check(name, PASS, f"resolve_device({spec!r}) makes {dev} current (index-less work lands there)"
+                 + ("" if count > 1 else "; one device only"))
 
 
 def _check_channels_last(dev: Optional[torch.device]) -> Check:
@@ -465,21 +536,24 @@ def run_checks(device_spec: str = "auto") -> DoctorReport:
         except ValueError as exc:
             reason = str(exc)
     found, dev, err = _find(device_spec)
+    # what is installed: the profile's requirements, except on the emulated Ascend stack (the cpu profile's)
+    installed = detect.install_profile(profile) if detect is not None and profile else profile
     checks = [
         _guard("device_resolves", lambda: _check_device(device_spec, dev, err)),
-        _guard("profile_pins_fit_python", lambda: _check_pins_fit(detect, profile)),
-        _guard("profile_pins_installed", lambda: _check_pins_installed(profile)),
+        _guard("profile_pins_fit_python", lambda: _check_pins_fit(detect, installed)),
+        _guard("profile_pins_installed", lambda: _check_pins_installed(installed)),
         _guard("setuptools_editable", _check_setuptools),
         _guard("mistune_nbconvert", _check_mistune),
         _guard("torch_requirements_met", _check_torch_requirements),
         _guard("torch_autoload_guard", _check_autoload_guard),
         _guard("torch_npu_loads", _check_torch_npu),
+        _guard("torch_npu_deps", _check_torch_npu_deps),
         _guard("cann_sourced", lambda: _check_cann(profile, found)),
         _guard("task_queue_not_forced_off", lambda: _check_task_queue(dev)),
         _guard("omp_threads_effective", _check_omp),
         _guard("core_binding_numa_local", lambda: _check_binding(dev, found)),
         _guard("cpu_affinity_conf_form", _check_affinity_conf),
-        _guard("set_device_called", lambda: _check_set_device(dev)),
+        _guard("set_device_called", lambda: _check_set_device(device_spec, dev)),
         _guard("channels_last", lambda: _check_channels_last(dev)),
         _guard("recompile_limit_knob", _check_recompile_knob),
         _guard("compile_backend", lambda: _check_compile_backend(dev)),

@@ -233,7 +233,7 @@ class Pipeline:
         empty boxes. Returns (proposals, mask probabilities, boxes in output pixels)."""
         oh, ow = output_size
         ih, iw = input_size
-        scale = torch.tensor([ow / iw, oh / ih, ow / iw, oh / ih], device=proposals.boxes.device)
+        scale = torch.tensor([ow / iw, oh / ih, ow / iw, oh / ih]).to(proposals.boxes.device)
         boxes = proposals.boxes * scale
         boxes = torch.stack([boxes[:, 0].clamp(0, ow), boxes[:, 1].clamp(0, oh),
                              boxes[:, 2].clamp(0, ow), boxes[:, 3].clamp(0, oh)], dim=1)

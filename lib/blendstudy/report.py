@@ -8,14 +8,16 @@ saved as PNG, and their Path returned.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pandas as pd
 
 from blendstudy.coco.evaluate import CocoMetrics
+from blendstudy.emulation import emulated
 from blendstudy.measure.agreement import AccuracyReport
 from blendstudy.measure.latency import LatencyRun, LatencyStats, PairedComparison, TailBreakdown
 from blendstudy.measure.profile import Efficiency, StageProfile, efficiency
@@ -26,6 +28,21 @@ LatencyLike = Union[LatencyStats, LatencyRun, float, int]
 
 
 # ----------------------------------------------------------------------------- tables
+#: what every table and figure made on the emulated Ascend stack says (blendstudy.emulation)
+EMULATED_NOTE = "emulated NPU: CPU timings, not an NPU's"
+
+
+def _says_emulated(table: Callable[..., pd.DataFrame]) -> Callable[..., pd.DataFrame]:
+    """A table builder whose tables, on the emulated Ascend stack, start with a column saying so."""
+    @functools.wraps(table)
+    def build(*args: Any, **kwargs: Any) -> pd.DataFrame:
+        df = table(*args, **kwargs)
+        if emulated() and "emulated" not in df.columns:
+            df.insert(0, "emulated", EMULATED_NOTE)
+        return df
+
+    return build
+
 
 
 def _latency_ms(value: LatencyLike) -> float:
@@ -42,6 +59,7 @@ def pct_change(new: float, old: float) -> str:
     return f"{(new / old - 1.0) * 100.0:+.1f}%"
 
 
+@_says_emulated
 def latency_table(
     rows: Sequence[Tuple[str, Union[LatencyStats, LatencyRun]]],
     baseline: Optional[Union[int, str]] = None,
@@ -74,6 +92,7 @@ def latency_table(
     })
 
 
+@_says_emulated
 def stage_chain_table(rows: Sequence[Tuple[str, str, LatencyLike]]) -> pd.DataFrame:
     """The optimization chain: stage, change, latency_ms (mean, ms), relative (vs the previous
     stage) and cumulative (vs the first stage), both as "-20.1%"; "baseline" on the first row."""
@@ -92,6 +111,7 @@ def stage_chain_table(rows: Sequence[Tuple[str, str, LatencyLike]]) -> pd.DataFr
     })
 
 
+@_says_emulated
 def paired_chain_table(stages: Sequence[str], comparisons: Mapping[str, Mapping[str, Any]],
                        baseline_ms: float) -> pd.DataFrame:
     """The optimization chain from the notebooks' PAIRED comparisons. `stages` in chain order, the
@@ -134,6 +154,7 @@ def paired_chain_table(stages: Sequence[str], comparisons: Mapping[str, Mapping[
     return pd.DataFrame(rows)
 
 
+@_says_emulated
 def accuracy_table(reports: Mapping[str, AccuracyReport]) -> pd.DataFrame:
     """One row per comparison (e.g. "npu vs cpu"): instance counts, IoU / score / class agreement,
     losses, images missing on either side, the AP change (test - ref, points) where ground truth
@@ -162,6 +183,7 @@ def accuracy_table(reports: Mapping[str, AccuracyReport]) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+@_says_emulated
 def coco_table(
     metrics: Mapping[str, CocoMetrics],
     reference: Optional[Mapping[str, Mapping[str, float]]] = None,
@@ -193,6 +215,7 @@ def coco_table(
     return pd.DataFrame(out)
 
 
+@_says_emulated
 def paired_table(comparisons: Mapping[str, PairedComparison], **extra: Any) -> pd.DataFrame:
     """One row per paired A/B: comparison, median speedup (B over A) with its CI, the two
     medians (ms), images and rounds; ``extra`` columns (e.g. weights=...) appended."""
@@ -221,6 +244,9 @@ def _figure(figsize: Tuple[float, float]):
 
 
 def _save(fig, path: PathLike) -> Path:
+    if emulated():  # every figure of the emulated Ascend stack says so in each title
+        for ax in fig.axes:
+            ax.set_title(f"{ax.get_title()}\n[{EMULATED_NOTE}]".strip(), color="firebrick")
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(p, dpi=110, format="png")
@@ -376,6 +402,7 @@ __all__ = [
 ]
 
 
+@_says_emulated
 def efficiency_table(flops_per_image: float, peak_flops: float, latencies_ms: Mapping[str, float]) -> pd.DataFrame:
     """How far each recipe is from the device's limit: model FLOPs per image over its mean latency,
     against the measured matmul peak. Columns: recipe / latency_ms / GFLOP/s / fraction of peak."""
@@ -394,11 +421,13 @@ def gate_line(gate: Mapping[str, bool], note: str = "") -> str:
     return f"{verdicts} · {note}" if note else verdicts
 
 
+@_says_emulated
 def stage_table(profiles: Mapping[str, StageProfile]) -> pd.DataFrame:
     """Median ms per pipeline stage (rows) for each profile (columns)."""
     return pd.DataFrame({k: p.stage_ms for k, p in profiles.items()}).round(2)
 
 
+@_says_emulated
 def profile_overhead_table(profiles: Mapping[str, StageProfile]) -> pd.DataFrame:
     """Per profile: profiled total, unprofiled end-to-end, the profiler's overhead (ms), peak memory."""
     return pd.DataFrame({k: {"profiled total ms": p.total_ms, "end-to-end ms": p.end_to_end_ms,
@@ -406,6 +435,7 @@ def profile_overhead_table(profiles: Mapping[str, StageProfile]) -> pd.DataFrame
                          for k, p in profiles.items()})
 
 
+@_says_emulated
 def efficiency_row(eff: Efficiency) -> pd.DataFrame:
     """FLOPs per image, latency, achieved FLOP/s against the measured matmul peak."""
     return pd.DataFrame([{"GFLOPs/image": eff.flops_per_image / 1e9, "latency ms": eff.latency_ms,
@@ -413,6 +443,7 @@ def efficiency_row(eff: Efficiency) -> pd.DataFrame:
                           "fraction of peak": f"{eff.fraction_of_peak:.1%}"}])
 
 
+@_says_emulated
 def sweep_table(sweep: Sequence[SweepResult]) -> pd.DataFrame:
     """P2's sweep: one row per runtime setting (its own worker process) with what that process
     read back (threads, cores) beside what the setting asked for."""
@@ -424,6 +455,7 @@ def sweep_table(sweep: Sequence[SweepResult]) -> pd.DataFrame:
                          for r in sweep])
 
 
+@_says_emulated
 def extras_table(extras: Any) -> pd.DataFrame:
     """P4's extra recipes: paired speedup against the baseline (median, CI), mean and P99/P50 of
     the recipe's own run, and the gate's verdict (an ExtrasResult)."""
@@ -438,6 +470,7 @@ def extras_table(extras: Any) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+@_says_emulated
 def tail_table(recipe: str, tail: TailBreakdown) -> pd.DataFrame:
     """The tail split: P99/P50 over all calls, over the per-image medians, and of the control run."""
     return pd.DataFrame([{"recipe": recipe, "P99/P50 (all calls)": tail.p99_over_p50,
@@ -447,8 +480,14 @@ def tail_table(recipe: str, tail: TailBreakdown) -> pd.DataFrame:
                           "control P99/P50": tail.control_p99_over_p50}]).round(3)
 
 
+@_says_emulated
 def process_table(processes: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
-    """Which process measured what: pid, interactive, torch threads, cores, runtime variables."""
-    return pd.DataFrame([{"role": k, "pid": p.get("pid"), "interactive": p.get("interactive"),
-                          "torch threads": p.get("torch_threads"), "cores": len(p.get("cpu_affinity") or []),
-                          "env": p.get("env")} for k, p in processes.items()])
+    """Which process measured what: pid, interactive, torch threads, cores, (on an NPU) the task
+    queue level in force, runtime variables."""
+    df = pd.DataFrame([{"role": k, "pid": p.get("pid"), "interactive": p.get("interactive"),
+                        "torch threads": p.get("torch_threads"), "cores": len(p.get("cpu_affinity") or []),
+                        "env": p.get("env")} for k, p in processes.items()])
+    queues = [(p.get("task_queue") or {}).get("value") for p in processes.values()]
+    if any(q is not None for q in queues):  # torch_npu loaded: the dispatch queue level each process ran with
+        df.insert(4, "npu task queue", ["-" if q is None else q for q in queues])
+    return df

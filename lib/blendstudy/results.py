@@ -113,8 +113,8 @@ class StageResult(RecipeRuns):
     runs (and its views latency / first_call_ms / samples_ms) keyed by recipe; comparisons by "<stage> vs <other>"
     (paired A/B); accuracy and gate by "<stage> vs <reference>". recipes: the recipe table, with
     any switch a device cannot run and why (``skipped``). Stage-specific parts: resize_difference
-    (P0), decode_profiles (P1), sweep / best (P2), compile (P3), shapes / dynamo_counters / extras
-    (P4).
+    (P0), decode_profiles (P1), sweep / best / kernel (P2), compile (P3), shapes / dynamo_counters /
+    extras (P4).
     """
 
     stage: str
@@ -135,6 +135,9 @@ class StageResult(RecipeRuns):
     dynamo_counters: Dict[str, Any] = field(default_factory=dict)
     extras: Optional[ExtrasResult] = None
     processes: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    #: P2: what the notebook's own (interactive) kernel reads back about itself -- on an NPU, the task
+    #: queue torch_npu forces off there, which is why nothing is measured in the kernel
+    kernel: Dict[str, Any] = field(default_factory=dict)
     weights: str = ""
     random_weights: bool = False
     model: Dict[str, Any] = field(default_factory=dict)

@@ -22,17 +22,35 @@ import tempfile
 import traceback
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 from blendstudy import device
 
-__all__ = ["Worker", "WorkerError", "WorkerSpec", "process_info"]
+__all__ = ["Worker", "WorkerError", "WorkerSpec", "child_environment", "process_info", "start_environment"]
 
-#: the environment as it was when blendstudy was imported, before torch_npu could rewrite it
-#: (it sets TASK_QUEUE_ENABLE=0 in interactive interpreters): workers start from this one
-_ENV_AT_IMPORT = dict(os.environ)
-#: variables torch_npu (or the kernel) may have changed in this process that a worker must not inherit
+#: variables torch_npu (or the kernel) may have changed in this process that a worker must not inherit:
+#: a worker takes them from the environment this process was STARTED with (start_environment)
 _RESTORED = ("TASK_QUEUE_ENABLE",)
+
+
+def start_environment() -> Dict[str, str]:
+    """The environment this process was started with. On Linux /proc/self/environ, which changes made
+    afterwards do not touch -- torch_npu's TASK_QUEUE_ENABLE=0 in an interactive interpreter included,
+    whether torch_npu was imported before blendstudy or after; elsewhere the environment as it was
+    when blendstudy was first imported (blendstudy.ENV_AT_IMPORT)."""
+    try:
+        with open("/proc/self/environ", "rb") as fh:
+            raw = fh.read()
+    except OSError:
+        import blendstudy
+
+        return dict(blendstudy.ENV_AT_IMPORT)
+    out: Dict[str, str] = {}
+    for item in raw.split(b"\0"):
+        key, sep, value = item.partition(b"=")
+        if sep and key:
+            out[os.fsdecode(key)] = os.fsdecode(value)
+    return out
 
 
 class WorkerError(RuntimeError):
@@ -58,6 +76,22 @@ class WorkerSpec:
         return (tuple(sorted(self.env.items())), tuple(self.cpu_cores or ()))
 
 
+def child_environment(extra: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
+    """The environment a measuring child process (a worker, a torchrun job) starts with: this
+    process's, except the variables a kernel's torch_npu rewrites (``_RESTORED``), which are taken as
+    this process was started (start_environment); then ``extra`` (the stage's runtime variables)."""
+    env = dict(os.environ)
+    started = start_environment()
+    for k in _RESTORED:
+        if k in started:
+            env[k] = started[k]
+        else:
+            env.pop(k, None)
+    env.update({str(k): str(v) for k, v in (extra or {}).items()})
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
 def _target_name(fn: Callable[..., Any]) -> str:
     module, name = getattr(fn, "__module__", ""), getattr(fn, "__qualname__", "")
     if not module.startswith("blendstudy") or "<" in name or "." in name:
@@ -70,20 +104,15 @@ class Worker:
 
     def __init__(self, spec: Optional[WorkerSpec] = None) -> None:
         self.spec = spec or WorkerSpec()
-        env = dict(os.environ)
-        for k in _RESTORED:  # a kernel's torch_npu forced these; the worker decides afresh
-            if k in _ENV_AT_IMPORT:
-                env[k] = _ENV_AT_IMPORT[k]
-            else:
-                env.pop(k, None)
-        env.update({str(k): str(v) for k, v in self.spec.env.items()})
-        env["PYTHONUNBUFFERED"] = "1"
+        env = child_environment(self.spec.env)
         cores = list(self.spec.cpu_cores) if self.spec.cpu_cores else None
         if cores and hasattr(os, "sched_getaffinity"):
-            usable = sorted(set(cores) & set(range(os.cpu_count() or 1)))
+            allowed = device.allowed_cores()  # a cpuset (container) may allow fewer than the machine has
+            usable = sorted(set(cores) & set(allowed))
             if not usable:
-                raise WorkerError(f"{self.spec.label}: none of the cores {cores} exist on this machine "
-                                  f"({os.cpu_count()} cores)")
+                raise WorkerError(f"{self.spec.label}: none of the cores {device.format_cores(cores)} may be used "
+                                  f"by this process (it may use {device.format_cores(allowed)} of the machine's "
+                                  f"{os.cpu_count()})")
             cores = usable
 
         def bind() -> None:  # runs in the child before it execs python

@@ -84,7 +84,9 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float, max_kee
         # one device sync per chunk: IoU within the chunk and against the boxes kept so far
         over = (box_iou(cb, cb) > iou_threshold).cpu().numpy()
         if keep:
-            kept = b[torch.as_tensor(keep, dtype=torch.int64, device=b.device)]
+            # index lists are made on the host and moved: under a TorchDispatchMode (the FLOP count) the
+            # emulated Ascend stack cannot build torch.tensor(list, device=npu) directly
+            kept = b[torch.as_tensor(keep, dtype=torch.int64).to(b.device)]
             removed = (box_iou(cb, kept) > iou_threshold).any(dim=1).cpu().numpy()
         else:
             removed = np.zeros(end - start, dtype=bool)
@@ -92,11 +94,11 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float, max_kee
             if removed[i]:
                 continue
             if 0 < max_keep <= len(keep) and s_np[start + i] < s_np[keep[max_keep - 1]]:
-                return order[torch.as_tensor(keep, dtype=torch.int64, device=boxes.device)]
+                return order[torch.as_tensor(keep, dtype=torch.int64).to(boxes.device)]
             keep.append(start + i)
             removed |= over[i]
         start = end
-    return order[torch.as_tensor(keep, dtype=torch.int64, device=boxes.device)]
+    return order[torch.as_tensor(keep, dtype=torch.int64).to(boxes.device)]
 
 
 def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor,
@@ -350,7 +352,7 @@ def conv_at(conv: nn.Conv2d, maps: Sequence[torch.Tensor], levels: torch.Tensor,
     rows = levels.shape[0]
     out_ch, in_ch = conv.out_channels, conv.in_channels
     offs = torch.arange(k, device=cells.device) - k // 2
-    img = torch.as_tensor(image, device=cells.device).expand(rows)
+    img = torch.as_tensor(image).to(cells.device).expand(rows)
     cols = None
     for level, fmap in enumerate(maps):
         n, c, h, w = fmap.shape

@@ -240,8 +240,8 @@ def _npu_self_check(device: torch.device) -> Tuple[bool, str]:
         gen = torch.Generator().manual_seed(0)
         x = torch.randn(1, 8, 9, 11, generator=gen)
         w = torch.randn(6, 8, 3, 3, generator=gen)
-        off = torch.randn(1, 18, 5, 5, generator=gen) * 3
-        m = torch.rand(1, 9, 5, 5, generator=gen)
+        off = torch.randn(1, 18, 5, 6, generator=gen) * 3  # the output of 9 x 11 at stride 2, dilation 2
+        m = torch.rand(1, 9, 5, 6, generator=gen)
         b = torch.randn(6, generator=gen)
         args = dict(stride=2, padding=2, dilation=2)
         ref = deform_conv2d_plain(x, off, w, b, mask=m, **args)

@@ -23,7 +23,7 @@ from blendstudy.data.images import read_image
 from blendstudy.measure.agreement import AccuracyReport, GateThresholds, compare_runs
 from blendstudy.pipeline import Pipeline
 from blendstudy.predictor import LoadedPipeline, load_pipeline
-from blendstudy.runtime import RuntimeConfig
+from blendstudy.runtime import RuntimeConfig, runtime_candidates
 from blendstudy.structures import Detections
 from blendstudy.study.params import (
     StudyParams,
@@ -31,6 +31,7 @@ from blendstudy.study.params import (
     open_dataset,
     resolve_config,
     resolve_weights,
+    runtime_for,
     weights_label,
 )
 
@@ -164,7 +165,11 @@ def study_device(spec: StudySpec) -> torch.device:
     return devices.resolve_device(spec.load_params().get("device", "auto"))
 
 
-def device_summary(spec: StudySpec) -> Dict[str, Any]:
-    """The device this process resolves for the study and its NUMA-local cores."""
+def runtime_candidates_here(spec: StudySpec, limit: Optional[int] = None) -> List[RuntimeConfig]:
+    """P2's runtime settings for the device THIS process resolves for the study (a worker: the
+    notebook's kernel never imports torch_npu, so it cannot even name an npu device), bound to the
+    params' core range for that device (runtime.cpu_affinity), else to its NUMA-local cores."""
+    params = spec.load_params()
     dev = study_device(spec)
-    return {"device": str(dev), "type": dev.type, "local_cores": devices.local_cores(dev)}
+    _, cores = runtime_for(params, str(dev))
+    return runtime_candidates(dev, cores=cores or devices.local_cores(dev), limit=limit)

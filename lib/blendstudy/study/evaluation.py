@@ -502,20 +502,6 @@ def torchrun_command(job: EvalJob, nproc: int, nnodes: int = 1, node_rank: Optio
     return cmd + ["-m", "blendstudy", "eval", *job.argv()]
 
 
-def _child_env(env: Optional[Mapping[str, str]]) -> Dict[str, str]:
-    # as a study worker: the variables as they were when blendstudy was imported for those a kernel's
-    # torch_npu rewrites (TASK_QUEUE_ENABLE), then the stage's runtime variables
-    base = dict(os.environ)
-    at_import = getattr(workers, "_ENV_AT_IMPORT", base)
-    if "TASK_QUEUE_ENABLE" in at_import:
-        base["TASK_QUEUE_ENABLE"] = at_import["TASK_QUEUE_ENABLE"]
-    else:
-        base.pop("TASK_QUEUE_ENABLE", None)
-    base.update({str(k): str(v) for k, v in (env or {}).items()})
-    base["PYTHONUNBUFFERED"] = "1"
-    return base
-
-
 def launch(job: EvalJob, nproc: int, env: Optional[Mapping[str, str]] = None,
            timeout_s: Optional[float] = None) -> EvalResult:
     """Run ``job`` under torchrun with ``nproc`` processes on this machine (a subprocess, its
@@ -527,8 +513,8 @@ def launch(job: EvalJob, nproc: int, env: Optional[Mapping[str, str]] = None,
     if result_file.exists():
         result_file.unlink()
     with open(log, "w", encoding="utf-8") as fh:
-        proc = subprocess.run(torchrun_command(job, nproc), env=_child_env(env), stdin=subprocess.DEVNULL,
-                              stdout=fh, stderr=subprocess.STDOUT, timeout=timeout_s)
+        proc = subprocess.run(torchrun_command(job, nproc), env=workers.child_environment(env),
+                              stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT, timeout=timeout_s)
     if result_file.exists():
         return from_jsonable(EvalResult, json.loads(result_file.read_text(encoding="utf-8")))
     lines = log.read_text(encoding="utf-8", errors="replace").splitlines()

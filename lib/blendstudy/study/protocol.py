@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-import torch
-
+from blendstudy import device as devices
 from blendstudy import optimize
+from blendstudy.emulation import EMULATED_BANNER, emulated
 from blendstudy.measure.latency import LatencyStats, PairedComparison, paired_timers
 from blendstudy.measure.worker import Worker, WorkerError, WorkerSpec
 from blendstudy.report import latency_table, paired_chain_table, stage_chain_table
@@ -43,12 +43,11 @@ from blendstudy.runtime import (
     SweepResult,
     best_of,
     load_runtime,
-    runtime_candidates,
     worker_env,
     write_best_runtime,
 )
 from blendstudy.study import evaluation, offline, steps
-from blendstudy.study.context import StudySpec, device_summary
+from blendstudy.study.context import StudySpec, runtime_candidates_here
 from blendstudy.study.params import StudyParams, check_paths, resolve_weights, run_dir, runtime_for, weights_label
 
 __all__ = ["NOTEBOOKS", "STAGE_NOTEBOOKS", "Study", "check_environment", "check_weights", "open_study", "run_baseline",
@@ -95,6 +94,8 @@ class Study:
         if self.random_weights:
             line += ("\n\n> **RANDOM WEIGHTS**: no trained checkpoint was loaded; latencies are real, detections and "
                      "accuracy numbers are not.")
+        if emulated():
+            line += f"\n\n> **{EMULATED_BANNER}**"
         return line
 
     def worker(self, spec: WorkerSpec) -> Worker:
@@ -231,18 +232,13 @@ def run_sweep(study: Study, candidates: Sequence[RuntimeConfig], recipe: str = "
 
 
 def _candidates(study: Study) -> List[RuntimeConfig]:
+    """The params' runtime.candidates, or ("auto") the device's own, made in a worker
+    (context.runtime_candidates_here)."""
     r = study.params.runtime
     if r.candidates != "auto":
         return [RuntimeConfig(**c) for c in r.candidates][: r.max_settings]
-    where = device_summary_in_worker(study)
-    _, cores = runtime_for(study.params, where["device"])
-    return runtime_candidates(torch.device(where["type"]), cores=cores or where["local_cores"], limit=r.max_settings)
-
-
-def device_summary_in_worker(study: Study) -> Dict[str, Any]:
-    """The device the study resolves to and its NUMA-local cores, as a worker sees them."""
     spec, _ = stage_runtime(study, "p0")
-    return study.call(spec, device_summary)
+    return study.call(spec, runtime_candidates_here, r.max_settings)
 
 
 def run_runtime_stage(study: Study) -> StageResult:
@@ -276,7 +272,17 @@ def run_runtime_stage(study: Study) -> StageResult:
             progress=False, name_a=other, name_b="p2")
     out.accuracy, out.gate, out.ap_note = b.call(steps.gate, study.spec, [("baseline", "p2")], runtime)
     out.processes = {"p1 side": out.runs["p1"].process, "p2 side": out.runs["p2"].process}
+    out.kernel = kernel_runtime(study)
     return out
+
+
+def kernel_runtime(study: Study) -> Dict[str, Any]:
+    """What the notebook's own kernel reads back about itself (blendstudy.device.effective_runtime),
+    with torch_npu imported here where the study's device is an NPU, as a user's `import torch_npu`
+    in a notebook would: its task queue is the one torch_npu forces off in an interactive interpreter."""
+    if str(study.params.get("device", "auto")).startswith("npu"):
+        devices.npu_import_error()  # imports torch_npu in this process (a failure is only reported)
+    return devices.effective_runtime()
 
 
 def _fastest_pytorch(study: Study, spec: WorkerSpec, host_recipe: str, named: Optional[str] = None) -> str:

@@ -4,11 +4,13 @@
 the parameters ``params_file`` and ``out_dir`` into ``artifacts/<params name>/`` (the executed
 notebooks beside ``results/<notebook>.json`` and ``figures/*.png``, which the notebooks write), stops
 at the first failing notebook with a :class:`StudyError` that names the notebook, the cell and the
-error line, and renders the executed summary notebook to ``artifacts/<params name>/report.html``.
+error line, and renders the executed summary notebook to ``artifacts/<params name>/report.html`` (whose
+first line, for a run on the emulated Ascend stack, says that no latency in it is an NPU's).
 """
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import time
@@ -20,6 +22,7 @@ import papermill as pm
 from nbconvert import HTMLExporter
 from papermill.exceptions import PapermillExecutionError
 
+from blendstudy.emulation import EMULATED_BANNER, emulated
 from blendstudy.errors import UserError
 from blendstudy.paths import repo_root
 from blendstudy.study.protocol import NOTEBOOKS
@@ -85,12 +88,29 @@ def _describe_failure(name: str, source: Path, executed: Path, exc: Exception) -
                       name, None, executed)
 
 
+_BANNER_HTML = (f'<p style="background:#fde8e8;color:#8b1a1a;padding:8px 12px;margin:0;font-weight:bold">'
+                f'{html.escape(EMULATED_BANNER)}</p>')
+
+
+def _emulated_run(run: Path) -> bool:
+    """True when any results JSON of the run folder says it was made on the emulated Ascend stack."""
+    for path in sorted((run / "results").glob("*.json")):
+        try:
+            if json.loads(path.read_text(encoding="utf-8")).get("environment", {}).get("emulated"):
+                return True
+        except (OSError, ValueError):
+            continue
+    return emulated()
+
+
 def render_report(executed_notebook: PathLike, html_path: PathLike, exclude_input: bool = True) -> Path:
     """HTML of an executed notebook (figures embedded); code cells hidden unless exclude_input=False."""
     nb = nbformat.read(str(executed_notebook), as_version=4)
     exporter = HTMLExporter(exclude_input=exclude_input, exclude_input_prompt=exclude_input,
                             exclude_output_prompt=exclude_input)
     body, _ = exporter.from_notebook_node(nb)
+    if _emulated_run(Path(executed_notebook).parent):  # the first line says no latency here is an NPU's
+        body = re.sub(r"(<body[^>]*>)", lambda m: m.group(1) + _BANNER_HTML, body, count=1)
     out = Path(html_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(body, encoding="utf-8")
