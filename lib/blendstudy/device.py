@@ -1,7 +1,7 @@
 """Everything that differs between npu, cuda and cpu lives here.
 
-The rest of the code says `dev = resolve_device("auto")`, `synchronize(dev)`, `peak_memory(dev)`
-and never branches on the device type itself. NPU facts cited from ../shared/NPU_NOTES.md.
+The rest of the code says `dev = resolve_device("auto")`, `synchronize(dev)`, `peak_memory_mb(dev)`;
+what a device cannot run is said here once (`unsupported_switch`). NPU facts are cited from docs/npu.md.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ class DeviceError(RuntimeError):
     """A device was asked for that this machine cannot provide."""
 
 
-#: what to source when torch_npu cannot find CANN's libraries (NPU_NOTES: "Importing and the device")
+#: what to source when torch_npu cannot find CANN's libraries (docs/npu.md "Importing and the device")
 CANN_SET_ENV = "/usr/local/Ascend/ascend-toolkit/set_env.sh"
 
 
@@ -140,8 +140,8 @@ def resolve_device(spec: str = "auto") -> torch.device:
 
 def activate(device: torch.device) -> torch.device:
     """Make `device` the current device of its kind (no-op on cpu) and return it. Call it before
-    anything compiles: TorchAir's graph engine starts on the current NPU (NPU_NOTES: "set_device
-    before compiling for npu:i")."""
+    anything compiles: TorchAir's graph engine starts on the current NPU (docs/npu.md "Devices,
+    formats, versions")."""
     if device.type == "npu":
         torch.npu.set_device(device.index or 0)  # type: ignore[attr-defined]  # torch_npu mirrors torch.cuda
     elif device.type == "cuda":
@@ -162,7 +162,7 @@ def current_index(device: torch.device) -> Optional[int]:
 
 #: switches a device cannot run, with why (the lead's optimize.py skips them with this reason)
 _UNSUPPORTED: Dict[str, Dict[str, str]] = {
-    # NPU_NOTES "Devices, formats, versions": torch_npu creates contiguous tensors only
+    # docs/npu.md "Devices, formats, versions": torch_npu creates contiguous tensors only
     "npu": {"channels_last": "torch_npu creates contiguous NPU tensors only (\"Only c10::MemoryFormat::Contiguous "
                              "is supported for creating a npu tensor\")"},
 }
@@ -277,7 +277,7 @@ def _toolkit_roots() -> List[str]:
 
 def parse_version_cfg(text: str) -> Optional[str]:
     """CANN's product version from a toolkit `version.cfg`: lines like
-    `runtime_running_version=[7.3.0.1.231:8.0.RC2]` -> "8.0.RC2" (the part after the colon; NPU_NOTES).
+    `runtime_running_version=[7.3.0.1.231:8.0.RC2]` -> "8.0.RC2" (the part after the colon; docs/npu.md).
     `*_running_version` first, then `*_installed_version`, then any other `*version` key."""
     found: Dict[str, str] = {}
     for line in text.splitlines():
@@ -554,7 +554,7 @@ def task_queue_in_force() -> Optional[Dict[str, Any]]:
     2.8 has no Python API that reads it back (its C++ reads TASK_QUEUE_ENABLE at the first stream
     set-up): then this reads the environment as torch_npu left it -- its import sets TASK_QUEUE_ENABLE=0 in an
     interactive interpreter (sys.ps1: every Jupyter kernel) -- and ASCEND_LAUNCH_BLOCKING=1, which
-    turns the queue off whatever TASK_QUEUE_ENABLE says (NPU_NOTES: "Runtime knobs")."""
+    turns the queue off whatever TASK_QUEUE_ENABLE says (docs/npu.md "Runtime knobs")."""
     if "torch_npu" not in sys.modules or npu_import_error() is not None:
         return None
     level = getattr(getattr(torch, "npu", None), "task_queue_level", None)

@@ -15,21 +15,25 @@ Without the variable nothing here runs and nothing of ``emulation/`` is imported
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Dict, List
+from typing import Any, Callable, Dict, List
 
-__all__ = ["EMULATED_BANNER", "EMULATE_VAR", "SYSFS_VAR", "activate", "emulated", "emulation_root"]
+__all__ = ["EMULATED_BANNER", "EMULATED_NOTE", "EMULATE_VAR", "SYSFS_VAR", "activate", "emulated", "emulation_root",
+           "says_emulated"]
 
 #: the variable that turns the emulation on (its one value: "npu")
 EMULATE_VAR = "BLENDSTUDY_EMULATE"
 #: the first line of every report, and a line under every notebook's header, made on the emulated stack
 EMULATED_BANNER = ("EMULATED NPU: this run went through the NPU code paths on an emulated Ascend stack "
                    "(blendstudy.emulation); every kernel ran on the CPU, so no latency in it is an NPU's")
+#: what every table (a first column) and every figure (each title) made on the emulated stack says
+EMULATED_NOTE = "emulated NPU: CPU timings, not an NPU's"
 #: where blendstudy.device reads sysfs (default /sys); the emulation points it at its own tree
 SYSFS_VAR = "BLENDSTUDY_SYSFS"
 
@@ -37,6 +41,19 @@ SYSFS_VAR = "BLENDSTUDY_SYSFS"
 def emulated() -> bool:
     """True when this process runs on the emulated Ascend stack."""
     return os.environ.get(EMULATE_VAR, "").strip().lower() == "npu"
+
+
+def says_emulated(table: Callable[..., Any]) -> Callable[..., Any]:
+    """A table builder (returning a pandas DataFrame) whose tables, on the emulated stack, start with
+    a column saying so (EMULATED_NOTE); unchanged elsewhere."""
+    @functools.wraps(table)
+    def build(*args: Any, **kwargs: Any) -> Any:
+        df = table(*args, **kwargs)
+        if emulated() and "emulated" not in df.columns:
+            df.insert(0, "emulated", EMULATED_NOTE)
+        return df
+
+    return build
 
 
 def emulation_root() -> Path:

@@ -10,11 +10,14 @@ from typing import Any, Dict, List, Sequence
 
 import pandas as pd
 
+from blendstudy.emulation import says_emulated
+
 __all__ = ["by_recipe", "finding", "shape_table"]
 
 _SHAPE_COLUMNS = ["recipe", "shape (h, w)", "pad multiple", "graph", "images", "first call ms", "recompile limit"]
 
 
+@says_emulated
 def shape_table(rows: Sequence[Dict[str, Any]]) -> pd.DataFrame:
     """One row per recipe and shape, in the order they were compiled: compiled or eager, and how
     many benchmark images have that shape."""

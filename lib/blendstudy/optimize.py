@@ -252,7 +252,7 @@ def own_forward(module: nn.Module) -> nn.Module:
 
 def _compile(module: nn.Module, backend: str) -> nn.Module:
     if backend == "npu":
-        import torch_npu  # noqa: F401  (registers the npu backend: NPU_NOTES "Graph mode")
+        import torch_npu  # noqa: F401  (registers the npu backend: docs/npu.md "Graph mode")
     return torch.compile(own_forward(module), backend=backend, dynamic=False)
 
 

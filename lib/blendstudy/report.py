@@ -8,16 +8,15 @@ saved as PNG, and their Path returned.
 
 from __future__ import annotations
 
-import functools
 import os
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pandas as pd
 
 from blendstudy.coco.evaluate import CocoMetrics
-from blendstudy.emulation import emulated
+from blendstudy.emulation import EMULATED_NOTE, emulated, says_emulated
 from blendstudy.measure.agreement import AccuracyReport
 from blendstudy.measure.latency import LatencyRun, LatencyStats, PairedComparison, TailBreakdown
 from blendstudy.measure.profile import Efficiency, StageProfile, efficiency
@@ -28,23 +27,6 @@ LatencyLike = Union[LatencyStats, LatencyRun, float, int]
 
 
 # ----------------------------------------------------------------------------- tables
-#: what every table and figure made on the emulated Ascend stack says (blendstudy.emulation)
-EMULATED_NOTE = "emulated NPU: CPU timings, not an NPU's"
-
-
-def _says_emulated(table: Callable[..., pd.DataFrame]) -> Callable[..., pd.DataFrame]:
-    """A table builder whose tables, on the emulated Ascend stack, start with a column saying so."""
-    @functools.wraps(table)
-    def build(*args: Any, **kwargs: Any) -> pd.DataFrame:
-        df = table(*args, **kwargs)
-        if emulated() and "emulated" not in df.columns:
-            df.insert(0, "emulated", EMULATED_NOTE)
-        return df
-
-    return build
-
-
-
 def _latency_ms(value: LatencyLike) -> float:
     """Mean latency in ms of a LatencyStats / LatencyRun, or a number already in ms."""
     if isinstance(value, LatencyRun):
@@ -59,7 +41,7 @@ def pct_change(new: float, old: float) -> str:
     return f"{(new / old - 1.0) * 100.0:+.1f}%"
 
 
-@_says_emulated
+@says_emulated
 def latency_table(
     rows: Sequence[Tuple[str, Union[LatencyStats, LatencyRun]]],
     baseline: Optional[Union[int, str]] = None,
@@ -92,7 +74,7 @@ def latency_table(
     })
 
 
-@_says_emulated
+@says_emulated
 def stage_chain_table(rows: Sequence[Tuple[str, str, LatencyLike]]) -> pd.DataFrame:
     """The optimization chain: stage, change, latency_ms (mean, ms), relative (vs the previous
     stage) and cumulative (vs the first stage), both as "-20.1%"; "baseline" on the first row."""
@@ -111,7 +93,7 @@ def stage_chain_table(rows: Sequence[Tuple[str, str, LatencyLike]]) -> pd.DataFr
     })
 
 
-@_says_emulated
+@says_emulated
 def paired_chain_table(stages: Sequence[str], comparisons: Mapping[str, Mapping[str, Any]],
                        baseline_ms: float) -> pd.DataFrame:
     """The optimization chain from the notebooks' PAIRED comparisons. `stages` in chain order, the
@@ -154,7 +136,7 @@ def paired_chain_table(stages: Sequence[str], comparisons: Mapping[str, Mapping[
     return pd.DataFrame(rows)
 
 
-@_says_emulated
+@says_emulated
 def accuracy_table(reports: Mapping[str, AccuracyReport]) -> pd.DataFrame:
     """One row per comparison (e.g. "npu vs cpu"): instance counts, IoU / score / class agreement,
     losses, images missing on either side, the AP change (test - ref, points) where ground truth
@@ -183,7 +165,7 @@ def accuracy_table(reports: Mapping[str, AccuracyReport]) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-@_says_emulated
+@says_emulated
 def coco_table(
     metrics: Mapping[str, CocoMetrics],
     reference: Optional[Mapping[str, Mapping[str, float]]] = None,
@@ -215,7 +197,7 @@ def coco_table(
     return pd.DataFrame(out)
 
 
-@_says_emulated
+@says_emulated
 def paired_table(comparisons: Mapping[str, PairedComparison], **extra: Any) -> pd.DataFrame:
     """One row per paired A/B: comparison, median speedup (B over A) with its CI, the two
     medians (ms), images and rounds; ``extra`` columns (e.g. weights=...) appended."""
@@ -402,7 +384,7 @@ __all__ = [
 ]
 
 
-@_says_emulated
+@says_emulated
 def efficiency_table(flops_per_image: float, peak_flops: float, latencies_ms: Mapping[str, float]) -> pd.DataFrame:
     """How far each recipe is from the device's limit: model FLOPs per image over its mean latency,
     against the measured matmul peak. Columns: recipe / latency_ms / GFLOP/s / fraction of peak."""
@@ -421,13 +403,13 @@ def gate_line(gate: Mapping[str, bool], note: str = "") -> str:
     return f"{verdicts} · {note}" if note else verdicts
 
 
-@_says_emulated
+@says_emulated
 def stage_table(profiles: Mapping[str, StageProfile]) -> pd.DataFrame:
     """Median ms per pipeline stage (rows) for each profile (columns)."""
     return pd.DataFrame({k: p.stage_ms for k, p in profiles.items()}).round(2)
 
 
-@_says_emulated
+@says_emulated
 def profile_overhead_table(profiles: Mapping[str, StageProfile]) -> pd.DataFrame:
     """Per profile: profiled total, unprofiled end-to-end, the profiler's overhead (ms), peak memory."""
     return pd.DataFrame({k: {"profiled total ms": p.total_ms, "end-to-end ms": p.end_to_end_ms,
@@ -435,7 +417,7 @@ def profile_overhead_table(profiles: Mapping[str, StageProfile]) -> pd.DataFrame
                          for k, p in profiles.items()})
 
 
-@_says_emulated
+@says_emulated
 def efficiency_row(eff: Efficiency) -> pd.DataFrame:
     """FLOPs per image, latency, achieved FLOP/s against the measured matmul peak."""
     return pd.DataFrame([{"GFLOPs/image": eff.flops_per_image / 1e9, "latency ms": eff.latency_ms,
@@ -443,7 +425,7 @@ def efficiency_row(eff: Efficiency) -> pd.DataFrame:
                           "fraction of peak": f"{eff.fraction_of_peak:.1%}"}])
 
 
-@_says_emulated
+@says_emulated
 def sweep_table(sweep: Sequence[SweepResult]) -> pd.DataFrame:
     """P2's sweep: one row per runtime setting (its own worker process) with what that process
     read back (threads, cores) beside what the setting asked for."""
@@ -455,7 +437,7 @@ def sweep_table(sweep: Sequence[SweepResult]) -> pd.DataFrame:
                          for r in sweep])
 
 
-@_says_emulated
+@says_emulated
 def extras_table(extras: Any) -> pd.DataFrame:
     """P4's extra recipes: paired speedup against the baseline (median, CI), mean and P99/P50 of
     the recipe's own run, and the gate's verdict (an ExtrasResult)."""
@@ -470,7 +452,7 @@ def extras_table(extras: Any) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-@_says_emulated
+@says_emulated
 def tail_table(recipe: str, tail: TailBreakdown) -> pd.DataFrame:
     """The tail split: P99/P50 over all calls, over the per-image medians, and of the control run."""
     return pd.DataFrame([{"recipe": recipe, "P99/P50 (all calls)": tail.p99_over_p50,
@@ -480,7 +462,7 @@ def tail_table(recipe: str, tail: TailBreakdown) -> pd.DataFrame:
                           "control P99/P50": tail.control_p99_over_p50}]).round(3)
 
 
-@_says_emulated
+@says_emulated
 def process_table(processes: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
     """Which process measured what: pid, interactive, torch threads, cores, (on an NPU) the task
     queue level in force, runtime variables."""
