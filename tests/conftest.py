@@ -23,3 +23,18 @@ def fixture(*parts: str) -> Path:
 def fixtures_dir() -> Path:
     """The tests/fixtures/ directory."""
     return fixture()
+
+
+@pytest.fixture
+def dynamo_limit():
+    """torch._dynamo.config, its recompile limit restored and dynamo's caches reset after the test
+    (building or warming a compiled recipe changes them for the whole process)."""
+    import torch._dynamo
+    import torch._dynamo.config as dcfg
+
+    saved = {k: getattr(dcfg, k) for k in ("recompile_limit", "cache_size_limit") if hasattr(dcfg, k)}
+    yield dcfg
+    for k, v in saved.items():
+        setattr(dcfg, k, v)
+    torch._dynamo.reset()
+

@@ -23,18 +23,7 @@ SIZES = {"a": (480, 640), "b": (427, 640), "c": (640, 480), "d": (480, 640)}
 
 
 @pytest.fixture
-def knob():
-    import torch._dynamo.config as dcfg
-
-    saved = {k: getattr(dcfg, k) for k in ("recompile_limit", "cache_size_limit") if hasattr(dcfg, k)}
-    yield dcfg
-    for k, v in saved.items():
-        setattr(dcfg, k, v)
-    torch._dynamo.reset()
-
-
-@pytest.fixture
-def study(monkeypatch, knob):
+def study(monkeypatch, dynamo_limit):
     """The tiny model compiled with dynamo's eager backend, dynamo's default limit patched to 2, and
     four benchmark images of three shapes (a and d share one)."""
     monkeypatch.setattr(devmod, "default_compile_backend", lambda device: "eager")
@@ -49,12 +38,12 @@ def _graph(rows):
     return [(tuple(r["shape (h, w)"]), r["graph"], r["images"]) for r in rows]
 
 
-def test_p3_keeps_dynamos_default_limit_and_runs_the_shapes_past_it_eager(study, knob):
+def test_p3_keeps_dynamos_default_limit_and_runs_the_shapes_past_it_eager(study, dynamo_limit):
     pipe = optimize.build_pipeline(study.base, "p3")
     assert pipe.recipe_info["compile"].recompile_limit == 2  # dynamo's default (patched), not raised
     rows = warm_shapes(study.ctx, "p3", pipe)
     assert _graph(rows) == [((384, 512), "compiled", 2), ((384, 576), "compiled", 1), ((512, 384), "eager", 1)]
-    assert {r["recompile limit"] for r in rows} == {2} and knob.recompile_limit == 2
+    assert {r["recompile limit"] for r in rows} == {2} and dynamo_limit.recompile_limit == 2
     assert all(r["pad multiple"] == 32 and r["first call ms"] > 0 for r in rows)
     # the eager shape stays eager: calling it again compiles nothing
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
@@ -66,14 +55,14 @@ def test_p3_keeps_dynamos_default_limit_and_runs_the_shapes_past_it_eager(study,
                                        "eager: 1 of 4 benchmark images.")
 
 
-def test_p4_raises_the_limit_to_32_even_after_p3_hit_its_own_in_the_same_process(study, knob):
+def test_p4_raises_the_limit_to_32_even_after_p3_hit_its_own_in_the_same_process(study, dynamo_limit):
     p3 = optimize.build_pipeline(study.base, "p3")
     p4 = optimize.build_pipeline(study.base, "p4")  # sets the process-wide knob to 32 when built ...
     assert [r["graph"] for r in warm_shapes(study.ctx, "p3", p3)].count("eager") == 1  # ... P3 still gets 2
     rows = warm_shapes(study.ctx, "p4", p4)
     assert p4.recipe_info["compile"].recompile_limit == optimize.RECOMPILE_LIMIT == 32
     assert _graph(rows) == [((384, 512), "compiled", 2), ((384, 576), "compiled", 1), ((512, 384), "compiled", 1)]
-    assert {r["recompile limit"] for r in rows} == {32} and knob.recompile_limit == 32
+    assert {r["recompile limit"] for r in rows} == {32} and dynamo_limit.recompile_limit == 32
     assert all(r["pad multiple"] == 64 for r in rows)
     assert fallbacks.finding(rows) == ("p4 (recompile limit 32, pad 64): 3 shapes, all compiled; none of the 4 "
                                        "benchmark images ran eager.")
@@ -94,9 +83,9 @@ class _Tiny(nn.Module):
         return self.conv(x).relu()
 
 
-def test_each_compiled_module_has_its_own_code_so_its_own_limit(knob):
+def test_each_compiled_module_has_its_own_code_so_its_own_limit(dynamo_limit):
     """Two compiled instances of one class: the first hitting its limit leaves the second free."""
-    knob.recompile_limit = 1
+    dynamo_limit.recompile_limit = 1
     first, second = (torch.compile(optimize.own_forward(_Tiny()), backend="eager", dynamic=False) for _ in "ab")
     assert first._orig_mod.forward.__code__ is not second._orig_mod.forward.__code__
     counters = torch._dynamo.utils.counters["stats"]
@@ -111,8 +100,8 @@ def test_each_compiled_module_has_its_own_code_so_its_own_limit(knob):
     assert torch.equal(first(x), first._orig_mod.conv(x).relu())
 
 
-def test_default_recompile_limit_is_dynamos_whatever_the_knob_says(knob):
-    knob.recompile_limit = 32
+def test_default_recompile_limit_is_dynamos_whatever_the_knob_says(dynamo_limit):
+    dynamo_limit.recompile_limit = 32
     assert optimize.default_recompile_limit() == 8
 
 

@@ -150,16 +150,6 @@ def reference(base, images):
     return {name: base(im) for name, im in images.items()}
 
 
-@pytest.fixture
-def restore_recompile_limit():
-    import torch._dynamo.config as dcfg
-
-    saved = {k: getattr(dcfg, k) for k in ("recompile_limit", "cache_size_limit") if hasattr(dcfg, k)}
-    yield dcfg
-    for k, v in saved.items():
-        setattr(dcfg, k, v)
-
-
 def test_reference_detects_something(reference):
     assert all(len(d) > 0 for d in reference.values())
 
@@ -219,7 +209,7 @@ RECIPES_THAT_CHANGE_THE_MODEL = ["fold_bn", "half", "channels_last", "raw_masks"
                                  "sync_free_decode"]
 
 
-def test_build_pipeline_leaves_the_base_untouched(base, restore_recompile_limit):
+def test_build_pipeline_leaves_the_base_untouched(base, dynamo_limit):
     state = {k: v.clone() for k, v in base.model.state_dict().items()}
     norms = [m.norm for m in base.model.modules() if isinstance(m, ConvNorm)]
     options = asdict(base.options)
@@ -461,8 +451,8 @@ def test_half_towers_runs_only_the_tower_convolutions_in_bf16(base, images, refe
         build_pipeline(base, ["half", "half_towers"])
 
 
-def test_pad64_sets_pad_multiple_and_recompile_limit(base, restore_recompile_limit):
-    dcfg = restore_recompile_limit
+def test_pad64_sets_pad_multiple_and_recompile_limit(base, dynamo_limit):
+    dcfg = dynamo_limit
     pipe = build_pipeline(base, ["pad64"])
     assert pipe.options.pad_multiple == PAD_MULTIPLE == 64
     assert pipe.pad_multiple == 64
@@ -482,7 +472,7 @@ def test_channels_last(base):
 
 
 @pytest.mark.slow
-def test_p3_compiles_the_backbone_without_running_it(base, restore_recompile_limit):
+def test_p3_compiles_the_backbone_without_running_it(base, dynamo_limit):
     from torch._dynamo.eval_frame import OptimizedModule
 
     pipe = build_pipeline(base, "p3")
