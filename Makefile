@@ -54,7 +54,7 @@ venv: $(STAMP)
 	$(check_stamp)
 
 lint: venv
-	$(VENV)/bin/ruff check lib tests notebooks
+	$(VENV)/bin/ruff check lib tests notebooks emulation env
 
 test: venv lint
 	$(PY) -m pytest -q
