@@ -23,6 +23,8 @@ import threading
 import warnings
 from typing import Any, Dict, List, Optional, Tuple
 
+import emulated_ascend
+
 _lock = threading.RLock()
 _current: int = 0
 _initialized: bool = False
@@ -34,37 +36,10 @@ _affinity: Optional[Dict[str, Any]] = None
 # cards
 
 
-def _machine_cards() -> int:
-    """Cards on the emulated host: emulated_ascend's machine (8 by default), BLENDSTUDY_EMULATE_NPUS
-    shows the first N. Falls back to the same rule without emulated_ascend on the path."""
-    try:
-        import emulated_ascend
-
-        return int(emulated_ascend.card_count())
-    except ImportError:
-        raw = os.environ.get("BLENDSTUDY_EMULATE_NPUS", "").strip()
-        return max(1, int(raw)) if raw.isdigit() else 8
-
-
 def visible_cards() -> List[int]:
     """Physical card of each logical index: ASCEND_RT_VISIBLE_DEVICES=1,3 -> [1, 3] (npu:0 is card 1);
-    ids that do not exist are dropped. emulated_ascend's answer (what npu-smi shows) when it is on the path."""
-    try:
-        import emulated_ascend
-
-        return list(emulated_ascend.visible_cards())
-    except ImportError:
-        pass
-    n = _machine_cards()
-    raw = os.environ.get("ASCEND_RT_VISIBLE_DEVICES", "").strip()
-    if not raw:
-        return list(range(n))
-    out: List[int] = []
-    for part in raw.split(","):
-        part = part.strip()
-        if part.isdigit() and int(part) < n and int(part) not in out:
-            out.append(int(part))
-    return out
+    ids that do not exist are dropped -- the emulated host's answer (emulated_ascend: what npu-smi shows)."""
+    return list(emulated_ascend.visible_cards())
 
 
 def device_count() -> int:
