@@ -174,7 +174,11 @@ def _load_runtime():
     checked in this process without loading the stand-in."""
     spec = importlib.util.spec_from_file_location("emulated_torch_npu_runtime", SITE / "torch_npu" / "_runtime.py")
     mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    sys.path.insert(0, str(SITE))  # for emulated_ascend (the emulated host's facts, standard library only)
+    try:
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(SITE))
     return mod
 
 

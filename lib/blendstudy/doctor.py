@@ -416,7 +416,7 @@ def _check_set_device(spec: str, dev: Optional[torch.device]) -> Check:
     name = "set_device_called"
     if dev is None or dev.type == "cpu":
         return Check(name, SKIP, "cpu device")
-    be = torch.npu if dev.type == "npu" else torch.cuda  # type: ignore[attr-defined]
+    be = devmod._backend(dev)
     want = dev.index or 0
     count = int(be.device_count())
     if count > 1:
