@@ -131,7 +131,9 @@ def test_the_npu_study_runs_end_to_end_on_the_emulated_stack(tmp_path):
         want = int(s["config"]["env"]["TASK_QUEUE_ENABLE"])
         assert s["process"]["task_queue"]["value"] == want, s
         assert s["process"]["interactive"] is False
-    assert results["p2_runtime"]["effective_runtime"]["p2 side"]["task_queue"]["value"] == 2
+    # P2's side runs with the sweep's best setting (which one wins is the CPU's timing: any of them)
+    best = int(p2["best"]["config"]["env"]["TASK_QUEUE_ENABLE"])
+    assert results["p2_runtime"]["effective_runtime"]["p2 side"]["task_queue"]["value"] == best
     assert p2["kernel"]["interactive"] is True and p2["kernel"]["task_queue"]["value"] == 0
     # P3/P4: compiled with the npu backend
     for name in ("p3_compile", "p4_pad64"):
