@@ -44,12 +44,12 @@ EMULATED_INSTALL = "cpu"
 EMULATED_TOOLKIT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "emulation", "npu", "cann", "ascend-toolkit", "latest")
 
-#: what each profile's pins were resolved for (tests/test_env_profiles.py checks it with pip's resolver):
+#: what each profile's pins are locked for (env/lock.py's TARGETS; tests/test_env_lock.py checks they agree):
 #: (python versions, machine architectures)
 PROFILE_TARGETS: Dict[str, Tuple[Tuple[str, ...], Tuple[str, ...]]] = {
-    "npu": (("3.9",), ("aarch64",)),
+    "npu": (("3.9",), ("aarch64", "x86_64")),
     "cuda": (("3.10", "3.11", "3.12"), ("x86_64",)),
-    "cpu": (("3.11",), ("x86_64",)),
+    "cpu": (("3.11",), ("x86_64", "aarch64")),
 }
 #: lowest patch release a profile's pins accept (cpu: soupsieve 4.1.1 requires Python >= 3.11.5)
 PROFILE_MIN_PATCH: Dict[str, Tuple[int, int, int]] = {"cpu": (3, 11, 5)}

@@ -624,11 +624,42 @@ def emulated() -> bool:
     return emulation.emulated() or bool(getattr(sys.modules.get("torch_npu"), "EMULATED", False))
 
 
+#: the file `make venv` writes into the venv's root naming the lock it installed (env/install_profile.py)
+LOCK_RECORD = "blendstudy-lock.json"
+#: the checkout's locks (env/locks/), when this package runs from a source checkout
+LOCK_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "env", "locks")
+
+
+def installed_lock(prefix: Optional[str] = None) -> Optional[Dict[str, Any]]:
+    """The environment lock `make venv` installed into this interpreter's environment (``prefix``, default
+    sys.prefix): {"lock": its file name, "sha256": its sha256 when installed, "profile": ..., "current":
+    whether the checkout's env/locks/ still holds that file unchanged (None without a checkout)}; None
+    when the environment was not installed from a lock."""
+    import hashlib
+    import json
+
+    try:
+        with open(os.path.join(prefix or sys.prefix, LOCK_RECORD)) as fh:
+            record = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or not record.get("lock"):
+        return None
+    out = {"lock": record["lock"], "sha256": record.get("sha256"), "profile": record.get("profile"), "current": None}
+    path = os.path.join(LOCK_DIR, os.path.basename(str(record["lock"])))
+    if os.path.isfile(path):
+        with open(path, "rb") as fh:
+            out["current"] = hashlib.sha256(fh.read()).hexdigest() == out["sha256"]
+    return out
+
+
 def environment_info(device: Optional[torch.device] = None) -> Dict[str, Any]:
     """What a results JSON records about where it ran; ``emulated`` is True on the emulated Ascend
-    stack (blendstudy.emulation), whose latencies are the CPU's, not an NPU's."""
+    stack (blendstudy.emulation), whose latencies are the CPU's, not an NPU's; ``lock`` is the
+    environment lock the interpreter's venv was installed from (installed_lock)."""
     info: Dict[str, Any] = {
         "emulated": emulated(),
+        "lock": installed_lock(),
         "python": sys.version.split()[0],
         "torch": torch.__version__,
         "platform": platform.platform(),
