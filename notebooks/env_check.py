@@ -33,10 +33,9 @@ out_dir = None                       # None: artifacts/<params name>/ (run_study
 max_images = None                    # cap on benchmark / evaluation images (None: as the params say)
 
 # %%
-import pandas as pd
 from IPython.display import Markdown, display
 
-from blendstudy import report
+from blendstudy import report, tables
 from blendstudy.study import protocol
 
 study = protocol.open_study(params_file, out_dir, max_images)  # a missing path stops here, naming it
@@ -45,14 +44,14 @@ display(Markdown(study.header()))
 # %%
 result = protocol.check_environment(study)  # gathered in a worker process
 shown = {k: v for k, v in result.environment.items() if k not in ("env", "npu_smi", "process")}
-display(pd.DataFrame({"value": shown}))
+display(tables.show(tables.items(value=shown), lift=False))
 
 # %% [markdown]
 # ## This machine
 
 # %%
-display(report.process_table({"worker": result.environment["process"]}))
-display(pd.DataFrame(result.checks))
+display(tables.show(report.process_table({"worker": result.environment["process"]})))
+display(tables.show(result.checks, title="the doctor's checks"))
 
 # %% [markdown]
 # ## Ascend NPU status
@@ -62,7 +61,7 @@ display(pd.DataFrame(result.checks))
 # from its `version.cfg`, the chip and driver from `npu-smi info`.
 
 # %%
-display(pd.DataFrame({"value": {**result.npu, "deformable conv kernel": result.kernels.get("deform_conv")}}))
+display(tables.show(tables.items(value={**result.npu, "deformable conv kernel": result.kernels.get("deform_conv")})))
 for tool in ("npu_smi", "nvidia_smi"):
     if result.environment.get(tool):
         display(Markdown(f"`{tool.replace('_', '-')}`:\n```\n{result.environment[tool]}\n```"))
@@ -72,5 +71,5 @@ for tool in ("npu_smi", "nvidia_smi"):
 
 # %%
 seed = result.seed_environment
-display(pd.DataFrame({"seed": seed, "this run": {k: result.environment.get(k) for k in seed}}))
+display(tables.show(tables.items(seed=seed, **{"this run": {k: result.environment.get(k) for k in seed}})))
 display(Markdown(f"results: `{study.save('env_check', result, environment=result.environment)}`"))

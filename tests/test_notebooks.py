@@ -3,13 +3,20 @@
 (a) every notebook is a pair -- notebooks/<name>.py (py:percent, the source) and <name>.ipynb
     (committed without outputs) -- in sync, with exactly one `parameters` cell;
 (b) a save through jupytext's contents manager (what JupyterLab uses under `make lab`) writes both;
+    `make venv` installs the git filter nbstripout (a commit takes no outputs, execution counts or
+    language_info) and JupyterLab's settings (a .py opens as a notebook; a save of notebooks/ is
+    written as git commits it; opening one leaves it unmodified);
 (c) cells are calls and displays: no code cell over 12 lines, all notebooks under 300 lines of code;
 (d) the whole study runs on params/ci.yaml through blendstudy.study.runner.run_study, every notebook
     writes its results JSON, and every measurement states a non-interactive worker process.
 """
 
+import asyncio
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import jupytext
@@ -21,6 +28,18 @@ from blendstudy.study.runner import StudyError, run_study
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "notebooks"
+LAB_SETUP = ROOT / "env" / "jupyterlab"
+
+
+def _as_committed(rel):
+    """A file as git holds it (the index: what the next commit takes); outside a git checkout, the file."""
+    try:
+        done = subprocess.run(["git", "-C", str(ROOT), "show", f":./{rel}"], capture_output=True)
+    except OSError:  # no git
+        done = None
+    if done is not None and done.returncode == 0:
+        return done.stdout.decode("utf-8")
+    return (ROOT / rel).read_text(encoding="utf-8")
 
 
 def _code(nb):
@@ -49,9 +68,14 @@ def test_pair_is_in_sync_clean_with_one_parameters_cell(name):
     assert 'params_file = "params/default.yaml"' in tagged[0].source
     assert "out_dir = None" in tagged[0].source
     assert nb.cells[0].cell_type == "markdown", f"{name}: the story comes first"
-    for cell in _code(nb):
-        assert cell.outputs == [], f"{name}: a code cell has outputs"
-        assert cell.execution_count is None, f"{name}: a code cell has an execution count"
+    # what a commit takes (a run in the working file is the git filter's to strip)
+    committed = nbformat.reads(_as_committed(f"notebooks/{name}.ipynb"), as_version=4)
+    fix = (f"`make venv` installs the git filter that strips them; then `git add notebooks/{name}.ipynb` "
+           f"(or `.venv/bin/nbstripout --keep-id --extra-keys metadata.language_info notebooks/{name}.ipynb`)")
+    assert "language_info" not in committed.metadata, f"{name}: the kernel's language_info is staged: {fix}"
+    for cell in _code(committed):
+        assert cell.outputs == [], f"{name}: a code cell has outputs: {fix}"
+        assert cell.execution_count is None, f"{name}: a code cell has an execution count: {fix}"
 
 
 def test_cells_are_calls_and_displays():
@@ -80,6 +104,112 @@ def test_a_save_through_jupyterlabs_contents_api_writes_both_files(tmp_path):
     assert "print('edited in JupyterLab')" in (tmp_path / "notebooks/p4_pad64.py").read_text()
     saved = nbformat.read(str(tmp_path / "notebooks/p4_pad64.ipynb"), as_version=4)
     assert "print('edited in JupyterLab')" in saved.cells[-1].source
+
+
+def _git(repo, *args, **kwargs):
+    # PATH without the venv: git runs the filter as it would from any shell
+    env = {**os.environ, "PATH": os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep)
+                                                 if not p.startswith(sys.prefix))}
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True, env=env,
+                          **kwargs).stdout
+
+
+def _ran_in_jupyterlab(nb):
+    """What Run All adds to a notebook: outputs, execution counts, the kernel's language_info."""
+    ran = nbformat.from_dict(json.loads(json.dumps(nb)))
+    ran.metadata["language_info"] = {"name": "python", "version": "3.11.7", "file_extension": ".py"}
+    for count, cell in enumerate(_code(ran), 1):
+        cell.execution_count = count
+        cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text="ran\n")]
+        cell.metadata["scrolled"] = True
+    return ran
+
+
+def test_make_venv_installs_the_git_filter_and_jupyterlabs_settings(tmp_path):
+    """env/jupyterlab/install.py (`make venv`) into a fresh repository: a commit of notebooks that ran
+    takes none of the run, and every notebook as committed is the filter's own output (a fresh clone's
+    `git status` is clean)."""
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    setup = [sys.executable, str(LAB_SETUP / "install.py")]
+    # not a git checkout: the settings only, and no error
+    said = subprocess.run(setup + ["--repo", str(tmp_path), "--prefix", str(tmp_path / "venv0")],
+                          check=True, capture_output=True, text=True).stdout
+    assert "skipped" in said
+
+    repo, venv = tmp_path / "repo", tmp_path / "venv"
+    _git(tmp_path, "init", "-q", str(repo))
+    shutil.copy(ROOT / ".gitattributes", repo)
+    (repo / "notebooks").mkdir()
+    committed = _as_committed("notebooks/env_check.ipynb")  # one notebook: each run of the filter takes seconds
+    (repo / "notebooks" / "env_check.ipynb").write_text(committed, encoding="utf-8")
+    said = subprocess.run(setup + ["--repo", str(repo), "--prefix", str(venv)], check=True, capture_output=True,
+                          text=True).stdout
+    assert "installed" in said
+    clean = _git(repo, "config", "filter.nbstripout.clean").strip()
+    assert clean == f'"{sys.executable}" -m nbstripout --keep-id' and os.path.isabs(sys.executable)
+    assert _git(repo, "config", "filter.nbstripout.extrakeys").split() == ["metadata.language_info"]
+    assert _git(repo, "check-attr", "filter", "notebooks/env_check.ipynb").strip().endswith("nbstripout")
+
+    _git(repo, "add", "-A")
+    _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "notebooks")
+    assert _git(repo, "show", "HEAD:notebooks/env_check.ipynb") == committed  # the filter's own form
+    # open, Run All, save (outside `make lab`, the outputs stay in the file): git takes none of it
+    path = repo / "notebooks" / "env_check.ipynb"
+    nbformat.write(_ran_in_jupyterlab(nbformat.read(str(path), as_version=4)), str(path))
+    assert '"outputs": []' not in path.read_text()
+    _git(repo, "add", "notebooks/env_check.ipynb")
+    assert _git(repo, "status", "--porcelain") == ""
+
+    overrides = venv / "share" / "jupyter" / "lab" / "settings" / "overrides.json"
+    assert overrides.read_text() == (LAB_SETUP / "overrides.json").read_text()
+    # .py opens with jupytext's notebook view, by the name its JupyterLab extension registers
+    factory = json.loads(overrides.read_text())["@jupyterlab/docmanager-extension:plugin"]["defaultViewers"]["python"]
+    extension = Path(sys.prefix) / "share" / "jupyter" / "labextensions" / "jupyterlab-jupytext" / "static"
+    assert any(f'FACTORY="{factory}"' in js.read_text(encoding="utf-8") for js in extension.glob("*.js"))
+    from traitlets.config.loader import PyFileConfigLoader
+
+    server = PyFileConfigLoader("jupyter_server_config.py", path=str(venv / "etc" / "jupyter")).load_config()
+    assert server.ServerApp.contents_manager_class.__name__ == "StudyContentsManager"
+
+
+def test_lab_saves_notebooks_as_git_commits_them_and_opens_them_unmodified(tmp_path):
+    """Under `make lab`: a save of a notebook that ran writes both files exactly as committed (the git
+    filter's form, as the test above shows for env_check: a fresh clone's `git status` is clean), and a
+    notebook opens with the language_info its kernel reports (JupyterLab marks it modified otherwise)."""
+    from jupyter_client.manager import start_new_kernel
+    from traitlets.config.loader import PyFileConfigLoader
+
+    pairs = [f"notebooks/{name}{ext}" for name in NOTEBOOKS for ext in (".ipynb", ".py")]
+    for rel in ["jupytext.toml", *pairs]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(_as_committed(rel), encoding="utf-8")
+    (tmp_path / "env" / "jupyterlab").mkdir(parents=True)
+    shutil.copy(LAB_SETUP / "jupyter_server_config.py", tmp_path / "env" / "jupyterlab")
+    config = PyFileConfigLoader("jupyter_server_config.py", path=str(tmp_path / "env" / "jupyterlab")).load_config()
+    cm = config.ServerApp.contents_manager_class(root_dir=str(tmp_path))
+
+    kernel, client = start_new_kernel(kernel_name="python3")
+    try:
+        reported = client.kernel_info(reply=True, timeout=60)["content"]["language_info"]
+    finally:
+        client.stop_channels()
+        kernel.shutdown_kernel(now=True)
+    for path in ("notebooks/env_check.ipynb", "notebooks/env_check.py"):
+        model = asyncio.run(cm.get(path))
+        assert json.loads(json.dumps(model["content"].metadata["language_info"])) == reported
+
+    for name in NOTEBOOKS:
+        model = asyncio.run(cm.get(f"notebooks/{name}.ipynb"))
+        model["content"] = json.loads(json.dumps(_ran_in_jupyterlab(model["content"])))  # as the browser sends it
+        asyncio.run(cm.save(model, f"notebooks/{name}.ipynb"))
+        for rel in (f"notebooks/{name}.ipynb", f"notebooks/{name}.py"):
+            assert (tmp_path / rel).read_text(encoding="utf-8") == _as_committed(rel), (
+                f"{rel} is not as a save writes it: `git add` it with the git filter installed (`make venv`)")
+    # a notebook elsewhere (an executed copy) keeps its outputs
+    (tmp_path / "scratch").mkdir()
+    asyncio.run(cm.save(model, "scratch/ran.ipynb"))
+    assert all(cell.outputs for cell in _code(nbformat.read(str(tmp_path / "scratch" / "ran.ipynb"), as_version=4)))
 
 
 def test_a_missing_path_stops_the_study_naming_the_parameter_and_the_cell(tmp_path):

@@ -21,6 +21,7 @@ from blendstudy.report import (
     plot_latency_distribution,
     plot_speedup_waterfall,
     plot_stage_breakdown,
+    speedup_column,
     stage_chain_table,
     to_markdown,
 )
@@ -39,22 +40,24 @@ def test_pct_change():
 
 def test_latency_table():
     df = latency_table([("baseline", _stats(144.0)), ("P4", _stats(39.5))])
-    assert list(df.columns) == ["recipe", "latency_ms", "P50", "P90", "P99", "throughput", "improvement"]
-    assert list(df["improvement"]) == ["baseline", "-72.6%"]
+    change = "latency change vs baseline (negative = faster)"  # the name says the sign: P4 is faster
+    assert list(df.columns) == ["recipe", "latency_ms", "P50", "P90", "P99", "throughput", change]
+    assert list(df[change]) == ["baseline", "-72.6%"]
     assert df["latency_ms"].tolist() == pytest.approx([144.0, 39.5])
     assert df["throughput"].tolist() == pytest.approx([1000 / 144.0, 1000 / 39.5])
     assert df["P90"].iloc[0] == pytest.approx(144.8)  # 143, 144, 145: 0.9 * 2 = 1.8 -> 144.8
     df2 = latency_table([("a", _stats(100.0)), ("b", _stats(50.0))], baseline="b")
-    assert list(df2["improvement"]) == ["+100.0%", "baseline"]
+    assert list(df2[change]) == ["+100.0%", "baseline"]  # a is slower than b: positive
     md = to_markdown(df)
     assert md.splitlines()[0].startswith("| recipe") and "-72.6%" in md
 
 
 def test_stage_chain_table():
     df = stage_chain_table([("P0", "baseline", 144.0), ("P1", "fp16", _stats(72.0)), ("P2", "graph", 36.0)])
-    assert list(df.columns) == ["stage", "change", "latency_ms", "relative", "cumulative"]
-    assert list(df["relative"]) == ["baseline", "-50.0%", "-50.0%"]
-    assert list(df["cumulative"]) == ["baseline", "-50.0%", "-75.0%"]
+    prev, first = "latency change vs previous (negative = faster)", "latency change vs P0 (negative = faster)"
+    assert list(df.columns) == ["stage", "change", "latency_ms", prev, first]
+    assert list(df[prev]) == ["baseline", "-50.0%", "-50.0%"]
+    assert list(df[first]) == ["baseline", "-50.0%", "-75.0%"]
     assert df["latency_ms"].tolist() == pytest.approx([144.0, 72.0, 36.0])
 
 
@@ -72,8 +75,10 @@ def test_paired_chain_table_carries_the_baseline_by_paired_ratios():
     assert list(df["stage"]) == ["baseline", "p0", "p1", "p2", "p3"]
     assert df["paired_ms"].tolist()[:3] == pytest.approx([100.0, 80.0, 100.0])
     assert np.isnan(df["paired_ms"][3]) and df["paired_ms"][4] == pytest.approx(50.0)
-    assert df["vs previous"][2] == pytest.approx(0.8) and df["vs previous CI"][2] == "0.70-0.90"
-    assert df["vs baseline CI"][3] == "not paired" and np.isnan(df["vs previous"][4])
+    prev, base = speedup_column("previous"), speedup_column("baseline")
+    assert prev == "paired speedup vs previous (above 1 = faster)"
+    assert df[prev][2] == pytest.approx(0.8) and df[f"{prev} CI"][2] == "0.70-0.90"
+    assert df[f"{base} CI"][3] == "not paired" and np.isnan(df[prev][4])
     # a real PairedComparison object is read the same way as its dict
     def slow(_):
         return sum(range(20000))
@@ -83,7 +88,7 @@ def test_paired_chain_table_carries_the_baseline_by_paired_ratios():
 
     pc = paired_compare(slow, fast, {"a": None, "b": None, "c": None}, "cpu", rounds=2, warmup=0, progress=False)
     df2 = paired_chain_table(["a", "b"], {"b vs a": pc}, baseline_ms=10.0)
-    assert df2["vs a"][1] == pytest.approx(pc.median_speedup)
+    assert df2[speedup_column("a")][1] == pytest.approx(pc.median_speedup)
     assert df2["paired_ms"][1] == pytest.approx(10.0 / pc.median_speedup)
     with pytest.raises(ValueError):
         paired_chain_table([], comps, 1.0)

@@ -21,6 +21,7 @@ from blendstudy.measure.agreement import AccuracyReport
 from blendstudy.measure.latency import LatencyRun, LatencyStats, PairedComparison, TailBreakdown
 from blendstudy.measure.profile import Efficiency, StageProfile, efficiency
 from blendstudy.runtime import SweepResult
+from blendstudy.tables import kv_text
 
 PathLike = Union[str, "os.PathLike[str]"]
 LatencyLike = Union[LatencyStats, LatencyRun, float, int]
@@ -41,13 +42,25 @@ def pct_change(new: float, old: float) -> str:
     return f"{(new / old - 1.0) * 100.0:+.1f}%"
 
 
+def change_column(reference: str) -> str:
+    """The name of a latency-change column, with its sign convention: "latency change vs p3
+    (negative = faster)"."""
+    return f"latency change vs {reference} (negative = faster)"
+
+
+def speedup_column(reference: str) -> str:
+    """The name of a paired-speedup column, with its sign convention."""
+    return f"paired speedup vs {reference} (above 1 = faster)"
+
+
 @says_emulated
 def latency_table(
     rows: Sequence[Tuple[str, Union[LatencyStats, LatencyRun]]],
     baseline: Optional[Union[int, str]] = None,
 ) -> pd.DataFrame:
     """One row per recipe: recipe, latency_ms (mean), P50, P90, P99 (ms), throughput (images/s)
-    and improvement (mean latency vs the baseline row as "-72.6%"; "baseline" on that row).
+    and "latency change vs baseline (negative = faster)" (mean latency vs the baseline row as
+    "-72.6%"; "baseline" on that row).
     ``baseline``: row index or recipe name; default the first row."""
     rows = list(rows)
     if not rows:
@@ -70,14 +83,15 @@ def latency_table(
         "P90": [s.p90 for s in stats],
         "P99": [s.p99 for s in stats],
         "throughput": [s.throughput for s in stats],
-        "improvement": ["baseline" if i == b else pct_change(s.mean, base) for i, s in enumerate(stats)],
+        change_column("baseline"): ["baseline" if i == b else pct_change(s.mean, base) for i, s in enumerate(stats)],
     })
 
 
 @says_emulated
 def stage_chain_table(rows: Sequence[Tuple[str, str, LatencyLike]]) -> pd.DataFrame:
-    """The optimization chain: stage, change, latency_ms (mean, ms), relative (vs the previous
-    stage) and cumulative (vs the first stage), both as "-20.1%"; "baseline" on the first row."""
+    """The optimization chain: stage, change, latency_ms (mean, ms), the latency change vs the
+    previous stage and vs the first stage (columns named by change_column), both as "-20.1%";
+    "baseline" on the first row."""
     rows = list(rows)
     if not rows:
         raise ValueError("stage_chain_table needs at least one row")
@@ -88,8 +102,8 @@ def stage_chain_table(rows: Sequence[Tuple[str, str, LatencyLike]]) -> pd.DataFr
         "stage": [str(s) for s, _, _ in rows],
         "change": [str(c) for _, c, _ in rows],
         "latency_ms": ms,
-        "relative": relative,
-        "cumulative": cumulative,
+        change_column("previous"): relative,
+        change_column(str(rows[0][0])): cumulative,
     })
 
 
@@ -101,7 +115,9 @@ def paired_chain_table(stages: Sequence[str], comparisons: Mapping[str, Mapping[
     (a PairedComparison or its dict: median_speedup, ci_low, ci_high). Per stage: speedup vs the
     previous stage and vs the first (median and CI, NaN where that pair was not measured) and
     paired_ms = baseline_ms / speedup vs the first -- the first stage's latency carried along the
-    chain by paired ratios, immune to the drift between notebooks that unpaired means carry."""
+    chain by paired ratios, immune to the drift between notebooks that unpaired means carry.
+    Columns: stage, speedup_column("previous") and speedup_column(<first>), each followed by its
+    "<column> CI" ("low-high"), and paired_ms."""
     stages = [str(x) for x in stages]
     if not stages:
         raise ValueError("paired_chain_table needs at least one stage")
@@ -116,21 +132,22 @@ def paired_chain_table(stages: Sequence[str], comparisons: Mapping[str, Mapping[
     def ci(name: str) -> str:
         return f"{get(name, 'ci_low'):.2f}-{get(name, 'ci_high'):.2f}" if name in comparisons else "not paired"
 
+    vs_prev, vs_ref = speedup_column("previous"), speedup_column(ref)
     rows = []
     for i, st in enumerate(stages):
         if i == 0:
-            rows.append({"stage": st, "vs previous": 1.0, "vs previous CI": "", f"vs {ref}": 1.0,
-                         f"vs {ref} CI": "", "paired_ms": float(baseline_ms)})
+            rows.append({"stage": st, vs_prev: 1.0, f"{vs_prev} CI": "", vs_ref: 1.0,
+                         f"{vs_ref} CI": "", "paired_ms": float(baseline_ms)})
             continue
         prev = f"{st} vs {stages[i - 1]}"
         base = f"{st} vs {ref}"
         med_b = get(base, "median_speedup")
         rows.append({
             "stage": st,
-            "vs previous": get(prev, "median_speedup"),
-            "vs previous CI": ci(prev),
-            f"vs {ref}": med_b,
-            f"vs {ref} CI": ci(base),
+            vs_prev: get(prev, "median_speedup"),
+            f"{vs_prev} CI": ci(prev),
+            vs_ref: med_b,
+            f"{vs_ref} CI": ci(base),
             "paired_ms": float(baseline_ms) / med_b if med_b == med_b and med_b > 0 else float("nan"),
         })
     return pd.DataFrame(rows)
@@ -371,6 +388,8 @@ __all__ = [
     "efficiency_table",
     "paired_table",
     "pct_change",
+    "change_column",
+    "speedup_column",
     "latency_table",
     "stage_chain_table",
     "paired_chain_table",
@@ -428,8 +447,8 @@ def efficiency_row(eff: Efficiency) -> pd.DataFrame:
 @says_emulated
 def sweep_table(sweep: Sequence[SweepResult]) -> pd.DataFrame:
     """P2's sweep: one row per runtime setting (its own worker process) with what that process
-    read back (threads, cores) beside what the setting asked for."""
-    return pd.DataFrame([{"setting": r.config.name, "env": r.config.env,
+    read back (threads, cores) beside what the setting asked for (its variables as "KEY=value")."""
+    return pd.DataFrame([{"setting": r.config.name, "env": kv_text(r.config.env or {}),
                           "cores asked": len(r.config.cpu_cores or []) or "-",
                           "threads read back": r.process.get("torch_threads"),
                           "cores read back": len(r.process.get("cpu_affinity") or []) or None,
@@ -465,10 +484,10 @@ def tail_table(recipe: str, tail: TailBreakdown) -> pd.DataFrame:
 @says_emulated
 def process_table(processes: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
     """Which process measured what: pid, interactive, torch threads, cores, (on an NPU) the task
-    queue level in force, runtime variables."""
+    queue level in force, runtime variables (as "KEY=value" text)."""
     df = pd.DataFrame([{"role": k, "pid": p.get("pid"), "interactive": p.get("interactive"),
                         "torch threads": p.get("torch_threads"), "cores": len(p.get("cpu_affinity") or []),
-                        "env": p.get("env")} for k, p in processes.items()])
+                        "env": kv_text(p.get("env") or {})} for k, p in processes.items()])
     queues = [(p.get("task_queue") or {}).get("value") for p in processes.values()]
     if any(q is not None for q in queues):  # torch_npu loaded: the dispatch queue level each process ran with
         df.insert(4, "npu task queue", ["-" if q is None else q for q in queues])

@@ -5,7 +5,8 @@ the parameters ``params_file`` and ``out_dir`` into ``artifacts/<params name>/``
 notebooks beside ``results/<notebook>.json`` and ``figures/*.png``, which the notebooks write), stops
 at the first failing notebook with a :class:`StudyError` that names the notebook, the cell and the
 error line, and renders the executed summary notebook to ``artifacts/<params name>/report.html`` (whose
-first line, for a run on the emulated Ascend stack, says that no latency in it is an NPU's).
+first line, for a run on the emulated Ascend stack, says that no latency in it is an NPU's) and every
+executed notebook beside it as ``<name>.html``, which the report links.
 """
 
 from __future__ import annotations
@@ -126,7 +127,8 @@ def run_study(params_file: PathLike, out_root: PathLike = "artifacts", notebooks
     notebooks: names (of NOTEBOOKS) to run, in the study's order; default all of them.
     Each executed notebook is written to <run>/<name>.ipynb as it runs (also when it fails).
     Raises StudyError at the first failing notebook. The report (<run>/report.html) is rendered
-    from <run>/summary.ipynb whenever that notebook ran.
+    from <run>/summary.ipynb whenever that notebook ran, and with it every executed notebook of the
+    run folder as <run>/<name>.html (the report links them).
     """
     root = repo_root()
     params = Path(params_file)
@@ -162,6 +164,9 @@ def run_study(params_file: PathLike, out_root: PathLike = "artifacts", notebooks
 
     if "summary" in selected:
         html = render_report(run / "summary.ipynb", run / "report.html", exclude_input=exclude_input)
+        for name in NOTEBOOKS:  # the report links every executed notebook as <name>.html
+            if (run / f"{name}.ipynb").is_file():
+                render_report(run / f"{name}.ipynb", run / f"{name}.html", exclude_input=exclude_input)
         log(f"report: {html}")
     log(f"study {params.stem}: {len(selected)} notebook(s) in {time.perf_counter() - started:.1f} s -> {run}")
     return run
