@@ -1,8 +1,11 @@
 """Accuracy instruments: run-vs-run agreement (the gate), COCO conversion and evaluation, resumable COCO
-runs (blendstudy.measure.agreement, blendstudy.coco)."""
+runs, AP over resampled images and the gate's interval verdict (blendstudy.measure.agreement,
+blendstudy.measure.bootstrap_ap, blendstudy.coco)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import warnings
@@ -16,7 +19,15 @@ from blendstudy.coco.convert import coco_from_dict, detections_to_coco
 from blendstudy.coco.evaluate import compare_ap, evaluate_coco
 from blendstudy.coco.run import RunMismatchError, run_coco_evaluation
 from blendstudy.masks import decode_rle
-from blendstudy.measure.agreement import AccuracyReport, box_iou_matrix, compare_runs, match_instances
+from blendstudy.measure.agreement import (
+    AccuracyReport,
+    GateThresholds,
+    ap_verdict,
+    box_iou_matrix,
+    compare_runs,
+    match_instances,
+)
+from blendstudy.measure.bootstrap_ap import paired_ap_change, resample_weights, resampled_ap
 from blendstudy.measure.pixels import resize_difference
 from blendstudy.structures import Detections
 
@@ -429,3 +440,139 @@ def test_resize_difference_in_grey_levels():
     other = _Resizer(lambda im: torch.zeros((3, 2, 3)))
     with pytest.raises(ValueError, match="x.png"):
         resize_difference(ref, other, {"x.png": image})
+
+
+# ----------------------------------------------------------------------------- AP over resampled images
+def _noisy_predictions(gt, seed=0):
+    """COCO results near the ground truth of ``gt``: some instances missed, boxes jittered, scores
+    on a coarse grid (ties across images), false positives and duplicates; box-shaped masks."""
+    from blendstudy.masks import encode_rle
+
+    rng = np.random.default_rng(seed)
+    cats = sorted(gt.getCatIds())
+    preds = []
+    for image_id in gt.getImgIds():
+        info = gt.imgs[image_id]
+        h, w = info["height"], info["width"]
+        boxes = [(a["bbox"], a["category_id"]) for a in gt.loadAnns(gt.getAnnIds(imgIds=[image_id]))
+                 if rng.random() > 0.2]
+        boxes += [(list(b), c) for b, c in boxes[:1]]  # a duplicate: a false positive at high IoU
+        boxes += [([rng.uniform(0, w / 2), rng.uniform(0, h / 2), rng.uniform(4, w / 2), rng.uniform(4, h / 2)],
+                   int(rng.choice(cats))) for _ in range(int(rng.integers(0, 3)))]
+        for (x, y, bw, bh), cat in boxes:
+            x, y = x + rng.normal(0, 2), y + rng.normal(0, 2)
+            x0, y0 = int(np.clip(x, 0, w - 2)), int(np.clip(y, 0, h - 2))
+            x1, y1 = int(np.clip(x + bw, x0 + 1, w)), int(np.clip(y + bh, y0 + 1, h))
+            mask = np.zeros((1, h, w), dtype=bool)
+            mask[0, y0:y1, x0:x1] = True
+            preds.append({"image_id": image_id, "category_id": cat, "bbox": [x0, y0, x1 - x0, y1 - y0],
+                          "score": float(np.round(rng.uniform(0.05, 1.0), 1)), "segmentation": encode_rle(mask)[0]})
+    return preds
+
+
+@pytest.fixture(scope="module")
+def synthetic_gt(tmp_path_factory):
+    from pycocotools.coco import COCO
+
+    from blendstudy.data.synthetic import synthetic_split
+
+    ann, _ = synthetic_split(tmp_path_factory.mktemp("synthetic"), "ap", 16, seed=5, image_size=(96, 128),
+                             objects_per_image=(1, 8))
+    with contextlib.redirect_stdout(io.StringIO()):
+        return COCO(str(ann))
+
+
+@pytest.mark.parametrize("max_dets", [100, 3])
+def test_resampled_ap_of_every_image_once_is_cocoevals_ap(synthetic_gt, gt, max_dets):
+    for truth, preds in ((synthetic_gt, _noisy_predictions(synthetic_gt)),
+                         (gt, detections_to_coco(_gt_detections(gt, 1, shift=4), 1, CONTIG)
+                          + detections_to_coco(_gt_detections(gt, 2), 2, CONTIG))):
+        records = {}
+        metrics = evaluate_coco(truth, preds, max_dets=max_dets, image_ids=truth.getImgIds(), per_image=records)
+        for t in ("bbox", "segm"):
+            ones = np.ones((1, len(records[t].image_ids)), dtype=int)
+            assert resampled_ap(records[t], ones)[0] == metrics[t].AP  # exactly: the same pooling
+            assert 0 < metrics[t].AP < 100
+
+
+def test_an_image_drawn_twice_counts_twice(gt):
+    """Weights (2, 1) over images (1, 2) give COCOeval's AP on a dataset where image 1 is there twice."""
+    doubled = _gt_dict()
+    doubled["images"].append({**doubled["images"][0], "id": 3, "file_name": "3.png"})
+    doubled["annotations"] += [{**a, "id": 10 + a["id"], "image_id": 3} for a in doubled["annotations"]
+                               if a["image_id"] == 1]
+    truth3 = coco_from_dict(doubled)
+    first, second = _gt_detections(gt, 1, shift=4), _gt_detections(gt, 2)
+    junk = make_det([[60, 60, 90, 90]], [0.95], [0], size=(100, 100), masks=box_masks([[60, 60, 90, 90]], (100, 100)))
+    # scores differ between images: detections of different images with equal scores are pooled in
+    # evaluation order (COCOeval: in the doubled dataset's order), the resample draws aside
+    second = Detections(torch.cat([second.boxes, junk.boxes]), torch.cat([second.scores - 0.03, junk.scores]),
+                        torch.cat([second.classes, junk.classes]), (100, 100), torch.cat([second.masks, junk.masks]))
+    preds = detections_to_coco(first, 1, CONTIG) + detections_to_coco(second, 2, CONTIG)
+    records = {}
+    evaluate_coco(gt, preds, per_image=records)
+    expected = evaluate_coco(truth3, preds + detections_to_coco(first, 3, CONTIG))
+    for t in ("bbox", "segm"):
+        assert resampled_ap(records[t], np.array([[2, 1]]))[0] == pytest.approx(expected[t].AP, rel=1e-12)
+        # image 2 alone has no category-3 ground truth: AP over category 1 only
+        alone = evaluate_coco(gt, detections_to_coco(second, 2, CONTIG), image_ids=[2])[t].AP
+        assert resampled_ap(records[t], np.array([[0, 3]]))[0] == pytest.approx(alone, rel=1e-12)
+
+
+def test_resample_weights_are_seeded_draws_with_replacement():
+    w = resample_weights(7, 50, seed=3)
+    assert w.shape == (50, 7) and (w.sum(axis=1) == 7).all() and (w >= 0).all()
+    assert (w == resample_weights(7, 50, seed=3)).all() and not (w == resample_weights(7, 50, seed=4)).all()
+
+
+def test_paired_ap_change_interval(synthetic_gt):
+    preds = _noisy_predictions(synthetic_gt)
+    worse = [{**p, "score": p["score"] * 0.5} if p["image_id"] % 2 else p for p in preds]  # reorders the pool
+    ids = synthetic_gt.getImgIds()
+    recs = [{}, {}]
+    aps = [evaluate_coco(synthetic_gt, run, ("bbox",), image_ids=ids, per_image=r)["bbox"].AP
+           for run, r in zip((preds, worse), recs)]
+    assert paired_ap_change(recs[0]["bbox"], recs[0]["bbox"], n_boot=200) == (0.0, 0.0)
+    low, high = paired_ap_change(recs[0]["bbox"], recs[1]["bbox"], n_boot=500, seed=1)
+    assert low < aps[1] - aps[0] < high and low < high
+    assert paired_ap_change(recs[0]["bbox"], recs[1]["bbox"], n_boot=500, seed=1) == (low, high)  # seeded
+    ones = np.ones((1, len(ids)), dtype=int)
+    assert resampled_ap(recs[1]["bbox"], ones)[0] - resampled_ap(recs[0]["bbox"], ones)[0] == aps[1] - aps[0]
+
+
+def test_ap_verdict_by_the_interval():
+    assert ap_verdict(-0.1, [-0.25, 0.05], 0.3) == "pass"
+    assert ap_verdict(-0.33, [-0.6, -0.05], 0.3) == "inconclusive"  # straddles the bound
+    assert ap_verdict(-0.1, [-0.31, 0.1], 0.3) == "inconclusive"
+    assert ap_verdict(-0.8, [-1.1, -0.4], 0.3) == "fail" and ap_verdict(0.8, [0.4, 1.2], 0.3) == "fail"
+    assert ap_verdict(-0.8, None, 0.3) == "fail" and ap_verdict(0.2, None, 0.3) == "pass"  # no interval
+    assert ap_verdict(float("nan"), None, 0.3) == "pass"  # no ground truth: nothing to check
+
+
+def test_gate_verdict_is_decided_by_the_interval_and_recorded(gt, gt_dataset):
+    ref = {f"{i}.png": _gt_detections(gt, i) for i in (1, 2)}
+    rep = compare_runs(ref, dict(ref), ap=compare_ap(ref, dict(ref), gt_dataset, n_boot=100))
+    assert rep.ap.change_ci == {"bbox": [0.0, 0.0], "segm": [0.0, 0.0]}
+    assert rep.decide(GateThresholds()) is True and rep.verdict == "pass"
+    rep.ap.change_ci = {"bbox": [-0.6, 0.1], "segm": [0.0, 0.0]}
+    assert rep.decide(GateThresholds()) is False and rep.verdict == "inconclusive"
+    assert not rep.passes_gate()
+    rep.ap.change_ci["segm"] = [-0.9, -0.4]
+    assert rep.decide(GateThresholds()) is False and rep.verdict == "fail"
+    rep.ap.change_ci = {"bbox": [-0.6, 0.1], "segm": [0.0, 0.0]}
+    rep.lost_above = 1  # an instance criterion fails whatever the AP says
+    assert rep.decide(GateThresholds()) is False and rep.verdict == "fail"
+    rep.lost_above = 0
+    rep.decide(GateThresholds())
+    data = json.loads(json.dumps(rep.to_dict()))
+    assert data["verdict"] == "inconclusive" and data["ap_change_ci"] == {"bbox": [-0.6, 0.1], "segm": [0.0, 0.0]}
+    back = AccuracyReport.from_dict(data)
+    assert back.verdict == "inconclusive" and back.gate is False and back.ap_change_ci == rep.ap_change_ci
+    # a report written before verdicts had three values (no verdict, no interval) still loads
+    for key in ("verdict", "ap_change_ci"):
+        data.pop(key)
+    for key in ("change_ci", "confidence", "n_boot", "seed"):
+        data["ap"].pop(key)
+    old = AccuracyReport.from_dict(data)
+    assert old.verdict is None and old.ap_change_ci is None and old.gate is False
+    assert old.judge() == "pass"  # without an interval the change itself decides: 0 points

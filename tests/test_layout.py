@@ -88,5 +88,6 @@ def test_a_cycle_is_found():
 
 def test_commands_come_from_the_explicit_list():
     sub = next(a for a in build_parser()._actions if a.dest == "command")
-    assert list(sub.choices) == ["predict", "weights", "bench", "profile", "eval", "export", "reproduce", "doctor"]
+    assert list(sub.choices) == ["predict", "weights", "bench", "profile", "compare", "eval", "export",
+                                "reproduce", "doctor"]
     assert all(hasattr(module, "register") for module in COMMANDS)

@@ -13,7 +13,7 @@ from blendstudy.data.images import read_image
 from blendstudy.paths import repo_root
 from blendstudy.predictor import load_pipeline
 from blendstudy.structures import Detections
-from blendstudy.study.context import Context, StudySpec, gate_ground_truth
+from blendstudy.study.context import Context, StudySpec, gate_ground_truth, gate_section
 from blendstudy.study.params import (
     ParamsError,
     StudyParams,
@@ -219,7 +219,30 @@ def test_accuracy_gates_report_ap_and_verdicts(tmp_path):
     assert gates["none vs a"] is False
     # the verdict is decided once, with the params' thresholds, and stored with the report
     assert reports["b vs a"].gate is True and reports["none vs a"].gate is False
+    assert reports["b vs a"].verdict == "pass" and reports["none vs a"].verdict == "fail"
     assert reports["b vs a"].gate_thresholds.max_ap_change == 0.3
+    # beside every verdict the AP change's paired bootstrap interval over the images
+    assert reports["b vs a"].ap_change_ci == {"bbox": [0.0, 0.0], "segm": [0.0, 0.0]}
+    assert reports["b vs a"].to_dict()["ap_change_ci"] == {"bbox": [0.0, 0.0], "segm": [0.0, 0.0]}
+
+
+def test_the_gate_runs_on_its_own_images(tmp_path):
+    text = SYNTH.format(weights="tiny_synthetic", missing="error", root=tmp_path) + "accuracy: {data: val, images: 2}\n"
+    params = StudyParams.load(_write(tmp_path, text))
+    assert gate_section(params) == ("val", 2) and gate_section(params, max_images=1) == ("val", 1)
+    loaded = load_study_pipeline(params, device="cpu")
+    images = {p.name: read_image(p) for p in benchmark_images(params)}
+    ctx = Context(StudySpec(str(params.path), str(tmp_path)), params, loaded, images)
+    val = open_dataset(params, "val")
+    assert ctx.gate_images() == [val.image_path(i).name for i in val.image_ids[:2]]
+    assert next(iter(ctx.gate_inputs().values())).shape == (48, 64, 3)
+    reports, gates, note = ctx.gates({"a": ctx.outputs("baseline"), "b": ctx.outputs("baseline")}, [("a", "b")])
+    assert ctx.outputs("baseline") is ctx.outputs("baseline")  # computed once per process
+    assert reports["b vs a"].images == 2 and reports["b vs a"].ap.images == 2 and gates == {"b vs a": True}
+    assert "AP on instances_tv.json" in note
+    bad = StudyParams.load(_write(tmp_path, text.replace("data: val", "data: nowhere")))
+    with pytest.raises(ParamsError, match=r"parameter accuracy\.data: no data\.nowhere section"):
+        gate_section(bad)
 
 
 def test_run_dir(tmp_path):

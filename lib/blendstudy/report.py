@@ -153,6 +153,27 @@ def paired_chain_table(stages: Sequence[str], comparisons: Mapping[str, Mapping[
     return pd.DataFrame(rows)
 
 
+def _verdict_word(r: AccuracyReport) -> str:
+    """The gate's decided verdict: pass / FAIL / inconclusive (records before verdicts had three
+    values: from ``gate``), "undecided" when none was decided."""
+    if getattr(r, "verdict", None):
+        return "FAIL" if r.verdict == "fail" else str(r.verdict)
+    return "undecided" if r.gate is None else ("pass" if r.gate else "FAIL")
+
+
+def _ap_columns(r: AccuracyReport) -> Dict[str, Any]:
+    """The AP change per iou type (test - ref, points) with its paired bootstrap interval beside it."""
+    if r.ap is None:
+        return {}
+    ci = r.ap.change_ci or {}
+    out: Dict[str, Any] = {}
+    for t, v in r.ap.change.items():
+        out[f"{t} AP change (points)"] = v
+        if t in ci:
+            out[f"{t} AP change (points) CI"] = f"{ci[t][0]:.2f} to {ci[t][1]:.2f}"
+    return out
+
+
 @says_emulated
 def accuracy_table(reports: Mapping[str, AccuracyReport]) -> pd.DataFrame:
     """One row per comparison (e.g. "npu vs cpu"): instance counts, IoU / score / class agreement,
@@ -176,8 +197,8 @@ def accuracy_table(reports: Mapping[str, AccuracyReport]) -> pd.DataFrame:
             "unmatched_test": r.unmatched_test,
             f"lost_above_{r.gate_score:g}": r.lost_above,
             "missing_images": len(r.only_in_ref) + len(r.only_in_test),
-            **({f"{t}_AP_change": v for t, v in r.ap.change.items()} if r.ap is not None else {}),
-            "gate": "undecided" if r.gate is None else ("pass" if r.gate else "FAIL"),
+            **_ap_columns(r),
+            "gate": _verdict_word(r),
         })
     return pd.DataFrame(out)
 
@@ -416,9 +437,15 @@ def efficiency_table(flops_per_image: float, peak_flops: float, latencies_ms: Ma
 
 
 # ----------------------------------------------------------------------------- the study's records
-def gate_line(gate: Mapping[str, bool], note: str = "") -> str:
-    """The gate verdicts the study decided, as one markdown line (PASS / FAIL per comparison)."""
-    verdicts = " · ".join(f"**{k}: {'PASS' if ok else 'FAIL'}**" for k, ok in gate.items())
+def gate_line(gate: Mapping[str, bool], note: str = "", reports: Optional[Mapping[str, AccuracyReport]] = None
+              ) -> str:
+    """The gate verdicts the study decided, as one markdown line: PASS / FAIL / INCONCLUSIVE per
+    comparison (the three-valued verdict of ``reports`` where it has one, else ``gate``)."""
+    def word(k: str, ok: bool) -> str:
+        r = (reports or {}).get(k)
+        return _verdict_word(r).upper() if r is not None else ("PASS" if ok else "FAIL")
+
+    verdicts = " · ".join(f"**{k}: {word(k, ok)}**" for k, ok in gate.items())
     return f"{verdicts} · {note}" if note else verdicts
 
 

@@ -1,7 +1,7 @@
 """`python -m blendstudy <command>`: the same library functions the notebooks call.
 
-Commands (registered from the explicit list COMMANDS): predict, weights, bench, profile, eval,
-export, reproduce, doctor. Errors a user can fix (a bad file, a missing path, an unavailable device) print
+Commands (registered from the explicit list COMMANDS): predict, weights, bench, profile, compare,
+eval, export, reproduce, doctor. Errors a user can fix (a bad file, a missing path, an unavailable device) print
 one line `blendstudy: <what>` and exit 2.
 """
 
@@ -11,13 +11,13 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from blendstudy.cli import bench, doctor, eval, export, predict, reproduce, weights
+from blendstudy.cli import bench, compare, doctor, eval, export, predict, reproduce, weights
 from blendstudy.cli.common import EXIT_USER_ERROR, USER_ERRORS, UserError
 
 __all__ = ["COMMANDS", "UserError", "build_parser", "main"]
 
 #: every command module, in the order `--help` lists them; each has register(subparsers)
-COMMANDS = (predict, weights, bench, eval, export, reproduce, doctor)
+COMMANDS = (predict, weights, bench, compare, eval, export, reproduce, doctor)
 
 
 def build_parser() -> argparse.ArgumentParser:

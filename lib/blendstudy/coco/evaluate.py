@@ -3,6 +3,8 @@
 APs are in percent (0-100). :func:`evaluate_coco` scores COCO results at ``max_dets`` detections
 per image (headline numbers computed from COCOeval's accumulated arrays at that cap, since
 pycocotools' own summary hard-codes 100); training, the study and the CLI all evaluate here.
+:func:`compare_ap` (the accuracy gate's AP check) scores two runs on the same images and gives the
+AP change with its paired bootstrap interval over those images (blendstudy.measure.bootstrap_ap).
 """
 
 from __future__ import annotations
@@ -12,16 +14,17 @@ import copy
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from blendstudy.coco.convert import detections_to_coco
 from blendstudy.jsonable import to_jsonable
-from blendstudy.measure.agreement import ApComparison
+from blendstudy.measure.agreement import ApComparison, RecordedRun
+from blendstudy.measure.bootstrap_ap import ImageRecords, image_records, paired_ap_change
 from blendstudy.structures import Detections, has_masks
 
-__all__ = ["CocoMetrics", "STAT_NAMES", "compare_ap", "evaluate_coco"]
+__all__ = ["CocoMetrics", "RunAp", "STAT_NAMES", "compare_ap", "compare_evaluated", "evaluate_coco", "evaluate_run"]
 
 
 @dataclass
@@ -116,6 +119,32 @@ def _results_coco(gt, anns: List[Dict[str, Any]]):
     return res
 
 
+def _cocoeval(gt: Any, capped: List[Dict[str, Any]], iou_type: str, eval_ids: List[int], max_dets: int):
+    """(COCOeval evaluated and accumulated on ``eval_ids`` at maxDets [1, 10, max_dets], its summary
+    text); for segm the predictions' "bbox" is dropped (area ranges from mask areas)."""
+    from pycocotools.cocoeval import COCOeval
+
+    if iou_type not in ("bbox", "segm"):
+        raise ValueError(f"unsupported iou type {iou_type!r}")
+    anns = copy.deepcopy(capped)  # loadRes annotates its input in place
+    if iou_type == "segm":
+        if any("segmentation" not in a for a in anns):
+            raise ValueError("segm evaluation needs a 'segmentation' in every prediction")
+        for a in anns:
+            a.pop("bbox", None)
+    with contextlib.redirect_stdout(io.StringIO()):
+        res = _results_coco(gt, anns)
+        ev = COCOeval(gt, res, iouType=iou_type)
+        ev.params.imgIds = eval_ids
+        ev.params.maxDets = sorted([1, 10, max_dets])
+        ev.evaluate()
+        ev.accumulate()
+    summary_buf = io.StringIO()
+    with contextlib.redirect_stdout(summary_buf):
+        ev.summarize()
+    return ev, summary_buf.getvalue().rstrip("\n")
+
+
 def evaluate_coco(
     gt_coco: Any,
     predictions: Sequence[Dict[str, Any]],
@@ -123,6 +152,7 @@ def evaluate_coco(
     max_dets: int = 100,
     score_thresh: Optional[float] = None,
     image_ids: Optional[Sequence[int]] = None,
+    per_image: Optional[Dict[str, ImageRecords]] = None,
 ) -> Dict[str, CocoMetrics]:
     """Score COCO-format predictions with pycocotools' COCOeval; one CocoMetrics per iou type.
 
@@ -134,10 +164,10 @@ def evaluate_coco(
     image AND category) and params.maxDets = [1, 10, max_dets] (sorted); the numbers are
     computed from COCOeval.eval at max_dets (see CocoMetrics). For segm the "bbox" field is
     dropped so that area ranges (APs/APm/APl) use mask areas, as in detectron2.
-    pycocotools' prints are silenced; its summary text is kept in ``summary``.
+    pycocotools' prints are silenced; its summary text is kept in ``summary``. ``per_image``: a
+    dict to fill with each iou type's per-image records (blendstudy.measure.bootstrap_ap), from
+    which AP can be recomputed for any resample of the images.
     """
-    from pycocotools.cocoeval import COCOeval
-
     gt = getattr(gt_coco, "coco", gt_coco)
     if max_dets < 1:
         raise ValueError(f"max_dets must be >= 1, got {max_dets}")
@@ -154,29 +184,12 @@ def evaluate_coco(
 
     results: Dict[str, CocoMetrics] = {}
     for iou_type in iou_types:
-        if iou_type not in ("bbox", "segm"):
-            raise ValueError(f"unsupported iou type {iou_type!r}")
-        anns = copy.deepcopy(capped)  # loadRes annotates its input in place
-        if iou_type == "segm":
-            if any("segmentation" not in a for a in anns):
-                raise ValueError("segm evaluation needs a 'segmentation' in every prediction")
-            for a in anns:
-                a.pop("bbox", None)
-        buf = io.StringIO()
-        with contextlib.redirect_stdout(buf):
-            res = _results_coco(gt, anns)
-            ev = COCOeval(gt, res, iouType=iou_type)
-            ev.params.imgIds = eval_ids
-            ev.params.maxDets = sorted([1, 10, int(max_dets)])
-            ev.evaluate()
-            ev.accumulate()
-        summary_buf = io.StringIO()
-        with contextlib.redirect_stdout(summary_buf):
-            ev.summarize()
-        stats = _coco_stats(ev, int(max_dets))
+        ev, summary = _cocoeval(gt, capped, iou_type, eval_ids, int(max_dets))
+        if per_image is not None:
+            per_image[iou_type] = image_records(ev, int(max_dets))
         results[iou_type] = CocoMetrics(
             iou_type=iou_type,
-            **dict(zip(STAT_NAMES, stats)),
+            **dict(zip(STAT_NAMES, _coco_stats(ev, int(max_dets)))),
             num_images=len(eval_ids),
             num_gt_images=len(gt.getImgIds()),
             num_detections=len(capped),
@@ -184,32 +197,90 @@ def evaluate_coco(
             score_thresh=score_thresh,
             max_dets=int(max_dets),
             dropped_by_max_dets=len(preds) - len(capped),
-            summary=summary_buf.getvalue().rstrip("\n"),
+            summary=summary,
         )
     return results
 
 
-def compare_ap(ref: Mapping[str, Detections], test: Mapping[str, Detections], dataset: Any,
-               max_dets: int = 100) -> ApComparison:
-    """bbox (and segm, when both runs carry masks) COCO AP of two runs on the images both contain.
-    ``dataset``: a blendstudy CocoDataset whose images' file names (or their base names) are the
-    runs' keys. Raises ValueError naming an image the dataset does not have."""
+@dataclass
+class RunAp:
+    """One run's COCO AP (percent) per iou type on a dataset's images, with the per-image records
+    that the paired bootstrap resamples (blendstudy.measure.bootstrap_ap)."""
+
+    image_ids: List[int]
+    ap: Dict[str, float]
+    records: Dict[str, ImageRecords]
+
+
+def _image_ids(dataset: Any, names: Sequence[str]) -> List[int]:
     by_name: Dict[str, int] = {}
     for image_id in dataset.image_ids:
         file_name = str(dataset.image_info(image_id)["file_name"])
         by_name[file_name] = image_id
         by_name.setdefault(Path(file_name).name, image_id)
-    names = [k for k in ref if k in test]
     unknown = [str(k) for k in names if str(k) not in by_name]
     if unknown:
         raise ValueError(f"{dataset.ann_file}: no ground truth for image(s) {unknown[:5]}")
-    ids = [by_name[str(k)] for k in names]
-    with_masks = all(has_masks(run[k]) or len(run[k]) == 0 for run in (ref, test) for k in names)
-    iou_types = ("bbox", "segm") if with_masks else ("bbox",)
+    return [by_name[str(k)] for k in names]
+
+
+def _coco_results(run: Mapping[str, Detections], name: str, image_id: int, mapping: Any
+                  ) -> Tuple[List[Dict[str, Any]], bool]:
+    """(one image's COCO results as detections_to_coco gives them, whether they carry masks or are
+    none); a RecordedRun's RLE masks are used as they are, not decoded and encoded again."""
+    if not isinstance(run, RecordedRun):
+        det = run[name]
+        return detections_to_coco(det, image_id, mapping), has_masks(det) or len(det) == 0
+    plain, rles = run.plain(name), run.masks_rle(name)
+    out = detections_to_coco(plain, image_id, mapping)
+    if rles is not None:  # detections_to_coco's order: descending score, stable
+        order = np.argsort(-plain.scores.double().numpy(), kind="stable")
+        for rec, i in zip(out, order):
+            rec["segmentation"] = rles[i]
+    return out, rles is not None or len(plain) == 0
+
+
+def evaluate_run(run: Mapping[str, Detections], dataset: Any, max_dets: int = 100,
+                 names: Optional[Sequence[str]] = None) -> RunAp:
+    """bbox (and segm, when every image's detections carry masks or are empty) COCO AP of one run
+    on its images ``names`` (default: all of them). ``dataset``: a blendstudy CocoDataset whose
+    images' file names (or their base names) are the run's keys; ValueError names an image it lacks."""
+    names = list(run) if names is None else list(names)
+    ids = _image_ids(dataset, names)
     mapping = dataset.contiguous_to_category_id
-    scores = []
-    for run in (ref, test):
-        preds = [rec for k, i in zip(names, ids) for rec in detections_to_coco(run[k], i, mapping)]
-        metrics = evaluate_coco(dataset.coco, preds, iou_types, max_dets=max_dets, image_ids=ids)
-        scores.append({t: float(m.AP) for t, m in metrics.items()})
-    return ApComparison(len(ids), scores[0], scores[1], max_dets)
+    preds: List[Dict[str, Any]] = []
+    with_masks = True
+    for name, image_id in zip(names, ids):
+        image_preds, masks = _coco_results(run, name, image_id, mapping)
+        preds += image_preds
+        with_masks = with_masks and masks
+    iou_types = ("bbox", "segm") if with_masks else ("bbox",)
+    records: Dict[str, ImageRecords] = {}
+    metrics = evaluate_coco(dataset.coco, preds, iou_types, max_dets=max_dets, image_ids=ids, per_image=records)
+    return RunAp(ids, {t: float(m.AP) for t, m in metrics.items()}, records)
+
+
+def compare_evaluated(ref: RunAp, test: RunAp, max_dets: int = 100, n_boot: int = 1000, confidence: float = 0.95,
+                      seed: int = 0) -> ApComparison:
+    """ApComparison of two evaluated runs (the same images) on the iou types both have, with the
+    paired bootstrap interval of each AP change over images (``n_boot`` resamples, none if 0)."""
+    if sorted(ref.image_ids) != sorted(test.image_ids):
+        raise ValueError("the two runs were evaluated on different images")
+    types = [t for t in ref.ap if t in test.ap]
+    ci = None
+    if n_boot > 0:
+        ci = {t: list(paired_ap_change(ref.records[t], test.records[t], n_boot, seed, confidence)) for t in types}
+    return ApComparison(len(ref.image_ids), {t: ref.ap[t] for t in types}, {t: test.ap[t] for t in types}, max_dets,
+                        change_ci=ci, confidence=confidence, n_boot=int(n_boot), seed=int(seed))
+
+
+def compare_ap(ref: Mapping[str, Detections], test: Mapping[str, Detections], dataset: Any,
+               max_dets: int = 100, n_boot: int = 1000, confidence: float = 0.95, seed: int = 0) -> ApComparison:
+    """bbox (and segm, when both runs carry masks) COCO AP of two runs on the images both contain,
+    with the paired bootstrap interval of the change over those images (compare_evaluated).
+    ``dataset``: a blendstudy CocoDataset whose images' file names (or their base names) are the
+    runs' keys. Raises ValueError naming an image the dataset does not have."""
+    names = [k for k in ref if k in test]
+    _image_ids(dataset, names)  # an unknown image is named before anything is evaluated
+    return compare_evaluated(evaluate_run(ref, dataset, max_dets, names), evaluate_run(test, dataset, max_dets, names),
+                             max_dets, n_boot, confidence, seed)
