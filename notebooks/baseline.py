@@ -38,11 +38,10 @@ out_dir = None                       # None: artifacts/<params name>/ (run_study
 max_images = None                    # cap on benchmark / evaluation images (None: as the params say)
 
 # %%
-import pandas as pd
 from IPython.display import Image, Markdown, display
 
 from blendstudy import report
-from blendstudy.study import protocol
+from blendstudy.study import protocol, sections
 
 study = protocol.open_study(params_file, out_dir, max_images)  # a missing path stops here, naming it
 display(Markdown(study.header()))
@@ -58,15 +57,15 @@ display(Markdown(study.header()))
 
 # %%
 result = protocol.run_baseline(study)
-display(pd.DataFrame(result.recipes))
+display(sections.recipes(study, result))
 
 # %% [markdown]
 # ## End-to-end latency
 
 # %%
 run = result.runs["baseline"]
-display(report.latency_table([("baseline", run.stats)]).assign(
-    first_call_ms=run.first_call_ms, peak_memory_mb=run.peak_memory_mb, weights=study.weights))
+display(sections.show(study, report.latency_table([("baseline", run.stats)]).assign(
+    **{"first call ms": run.first_call_ms, "peak memory MiB": run.peak_memory_mb}), "Latency (ms)"))
 
 # %%
 path = report.plot_latency_distribution(
@@ -81,8 +80,8 @@ display(Image(filename=str(path)))
 # overhead (shown, not hidden). Sizes are the original images' (width × height).
 
 # %%
-display(report.stage_table(result.profiles))
-display(report.profile_overhead_table(result.profiles).assign(weights=study.weights))
+display(sections.stages(study, result.profiles))
+display(sections.show(study, report.profile_overhead_table(result.profiles).reset_index(), "Profiler overhead"))
 
 # %%
 path = report.plot_stage_breakdown(
@@ -98,7 +97,8 @@ display(Image(filename=str(path)))
 # end-to-end pipeline is from what the hardware can do.
 
 # %%
-display(report.efficiency_row(result.efficiency).assign(weights=study.weights))
+display(sections.show(study, report.efficiency_row(result.efficiency), "FLOP efficiency"))
 if result.deform_cost:  # R_101_dcni3_5x: what its deformable stages cost (seed 003's question)
-    display(pd.DataFrame(result.deform_cost).assign(weights=study.weights))
+    display(sections.show(study, result.deform_cost, "Deformable stages"))
 display(Markdown(f"results: `{study.save('baseline', result)}`"))
+display(sections.finding(study, "baseline"))

@@ -39,11 +39,11 @@ out_dir = None                       # None: artifacts/<params name>/ (run_study
 max_images = None                    # cap on benchmark / evaluation images (None: as the params say)
 
 # %%
-import pandas as pd
 from IPython.display import Image, Markdown, display
 
 from blendstudy import report
-from blendstudy.study import protocol
+from blendstudy.measure.pixels import resize_difference_summary
+from blendstudy.study import protocol, sections
 
 study = protocol.open_study(params_file, out_dir, max_images)  # a missing path stops here, naming it
 display(Markdown(study.header()))
@@ -59,7 +59,7 @@ display(Markdown(study.header()))
 
 # %%
 result = protocol.run_stage(study, "p0", "baseline")
-display(pd.DataFrame(result.recipes))
+display(sections.recipes(study, result))
 
 # %% [markdown]
 # ## Latency
@@ -69,9 +69,7 @@ display(pd.DataFrame(result.recipes))
 # (allocation, warm-up) is reported apart from the measured calls.
 
 # %%
-display(report.latency_table(list(result.latency.items())).assign(
-    first_call_ms=list(result.first_call_ms.values()), weights=study.weights))
-display(report.process_table(result.processes))
+display(*sections.latency(study, result))
 
 # %% [markdown]
 # ## Paired A/B
@@ -81,8 +79,7 @@ display(report.process_table(result.processes))
 # confidence interval over images (`blendstudy.measure.latency.paired_compare`).
 
 # %%
-display(report.paired_table(result.comparisons, weights=study.weights))
-display(Markdown("\n".join(f"- {c.summary()}" for c in result.comparisons.values())))
+display(*sections.paired(study, result.comparisons))
 
 # %% [markdown]
 # ## Accuracy gate
@@ -95,8 +92,7 @@ display(Markdown("\n".join(f"- {c.summary()}" for c in result.comparisons.values
 # by more than `accuracy.max_ap_change` points (decided once, when the stage is measured).
 
 # %%
-display(report.accuracy_table(result.accuracy).assign(weights=study.weights))
-display(Markdown(report.gate_line(result.gate, result.ap_note)))
+display(*sections.accuracy(study, result.accuracy, result.gate, result.ap_note))
 
 # %%
 path = report.plot_latency_distribution(
@@ -112,9 +108,8 @@ display(Image(filename=str(path)))
 # largest absolute difference, and the share of values that differ at all.
 
 # %%
-pixels = pd.DataFrame(result.resize_difference)
-display(pixels.set_index("image")[["mean", "p99", "max", "differs"]].agg(["mean", "max"]).round(3)
-        .assign(images=len(pixels), weights=study.weights))
+display(sections.show(study, resize_difference_summary(result.resize_difference), "Resized pixels: PIL vs device"))
 
 # %%
 display(Markdown(f"results: `{study.save('p0_resize', result)}`"))
+display(sections.finding(study, "p0_resize"))

@@ -41,8 +41,8 @@ max_images = None                    # cap on benchmark / evaluation images (Non
 # %%
 from IPython.display import Image, Markdown, display
 
-from blendstudy import report
-from blendstudy.study import protocol
+from blendstudy import report, tables
+from blendstudy.study import protocol, sections
 
 study = protocol.open_study(params_file, out_dir, max_images)  # a missing path stops here, naming it
 display(Markdown(study.header()))
@@ -52,7 +52,7 @@ display(Markdown(study.header()))
 
 # %%
 result = protocol.run_runtime_stage(study)  # the sweep, then P2 against P1 across two processes
-display(report.sweep_table(result.sweep).assign(weights=study.weights))
+display(sections.show(study, report.sweep_table(result.sweep), "Runtime sweep"))
 display(Markdown(f"**Best: {result.best.config.name}**, P50 {result.best.p50_ms:.2f} ms → "
                  f"`{result.best_files['json']}`\n```sh\n{open(result.best_files['sh']).read()}```"))
 
@@ -68,16 +68,15 @@ display(Markdown(f"**Best: {result.best.config.name}**, P50 {result.best.p50_ms:
 # its task queue to 0 there, which is why nothing is measured in the kernel).
 
 # %%
-display(report.latency_table(list(result.latency.items())).assign(weights=study.weights))
-display(report.paired_table(result.comparisons, weights=study.weights))
-display(report.process_table({**result.processes, "this notebook's kernel": result.kernel}))
+display(sections.show(study, report.latency_table(list(result.latency.items())), "Latency (ms)"))
+display(*sections.paired(study, result.comparisons))
+display(tables.show(report.process_table({**result.processes, "this notebook's kernel": result.kernel})))
 
 # %% [markdown]
 # ## Accuracy gate
 
 # %%
-display(report.accuracy_table(result.accuracy).assign(weights=study.weights))
-display(Markdown(report.gate_line(result.gate, result.ap_note)))
+display(*sections.accuracy(study, result.accuracy, result.gate, result.ap_note))
 
 # %%
 path = report.plot_latency_distribution(
@@ -86,3 +85,4 @@ display(Image(filename=str(path)))
 
 # %%
 display(Markdown(f"results: `{study.save('p2_runtime', result)}`"))
+display(sections.finding(study, "p2_runtime"))

@@ -35,11 +35,10 @@ out_dir = None                       # None: artifacts/<params name>/ (run_study
 max_images = None                    # cap on benchmark / evaluation images (None: as the params say)
 
 # %%
-import pandas as pd
 from IPython.display import Image, Markdown, display
 
 from blendstudy import fallbacks, report
-from blendstudy.study import protocol
+from blendstudy.study import protocol, sections
 
 study = protocol.open_study(params_file, out_dir, max_images)  # a missing path stops here, naming it
 display(Markdown(study.header()))
@@ -55,7 +54,7 @@ display(Markdown(study.header()))
 
 # %%
 result = protocol.run_stage(study, "p3", "p2")
-display(pd.DataFrame(result.recipes))
+display(sections.recipes(study, result))
 
 # %% [markdown]
 # ## Latency
@@ -65,9 +64,7 @@ display(pd.DataFrame(result.recipes))
 # (allocation, warm-up) is reported apart from the measured calls.
 
 # %%
-display(report.latency_table(list(result.latency.items())).assign(
-    first_call_ms=list(result.first_call_ms.values()), weights=study.weights))
-display(report.process_table(result.processes))
+display(*sections.latency(study, result))
 
 # %% [markdown]
 # ## Paired A/B
@@ -77,8 +74,7 @@ display(report.process_table(result.processes))
 # confidence interval over images (`blendstudy.measure.latency.paired_compare`).
 
 # %%
-display(report.paired_table(result.comparisons, weights=study.weights))
-display(Markdown("\n".join(f"- {c.summary()}" for c in result.comparisons.values())))
+display(*sections.paired(study, result.comparisons))
 
 # %% [markdown]
 # ## Accuracy gate
@@ -91,8 +87,7 @@ display(Markdown("\n".join(f"- {c.summary()}" for c in result.comparisons.values
 # by more than `accuracy.max_ap_change` points (decided once, when the stage is measured).
 
 # %%
-display(report.accuracy_table(result.accuracy).assign(weights=study.weights))
-display(Markdown(report.gate_line(result.gate, result.ap_note)))
+display(*sections.accuracy(study, result.accuracy, result.gate, result.ap_note))
 
 # %%
 path = report.plot_latency_distribution(
@@ -108,8 +103,9 @@ display(Image(filename=str(path)))
 # call of each of its images. Every pipeline compiles its own graphs (`blendstudy.optimize.own_forward`).
 
 # %%
-display(fallbacks.shape_table(result.compile).assign(weights=study.weights))
+display(sections.show(study, fallbacks.shape_table(result.compile)))
 display(Markdown(f"**Found:** {fallbacks.finding(result.compile)}"))
 
 # %%
 display(Markdown(f"results: `{study.save('p3_compile', result)}`"))
+display(sections.finding(study, "p3_compile"))

@@ -34,11 +34,10 @@ out_dir = None                       # None: artifacts/<params name>/ (run_study
 max_images = None                    # cap on benchmark / evaluation images (None: as the params say)
 
 # %%
-import pandas as pd
 from IPython.display import Image, Markdown, display
 
 from blendstudy import fallbacks, report
-from blendstudy.study import protocol
+from blendstudy.study import protocol, sections
 
 study = protocol.open_study(params_file, out_dir, max_images)  # a missing path stops here, naming it
 display(Markdown(study.header()))
@@ -54,7 +53,7 @@ display(Markdown(study.header()))
 
 # %%
 result = protocol.run_stage(study, "p4", "p3")
-display(pd.DataFrame(result.recipes))
+display(sections.recipes(study, result))
 
 # %% [markdown]
 # ## Latency
@@ -64,9 +63,7 @@ display(pd.DataFrame(result.recipes))
 # (allocation, warm-up) is reported apart from the measured calls.
 
 # %%
-display(report.latency_table(list(result.latency.items())).assign(
-    first_call_ms=list(result.first_call_ms.values()), weights=study.weights))
-display(report.process_table(result.processes))
+display(*sections.latency(study, result))
 
 # %% [markdown]
 # ## Paired A/B
@@ -76,8 +73,7 @@ display(report.process_table(result.processes))
 # confidence interval over images (`blendstudy.measure.latency.paired_compare`).
 
 # %%
-display(report.paired_table(result.comparisons, weights=study.weights))
-display(Markdown("\n".join(f"- {c.summary()}" for c in result.comparisons.values())))
+display(*sections.paired(study, result.comparisons))
 
 # %% [markdown]
 # ## Accuracy gate
@@ -90,8 +86,7 @@ display(Markdown("\n".join(f"- {c.summary()}" for c in result.comparisons.values
 # by more than `accuracy.max_ap_change` points (decided once, when the stage is measured).
 
 # %%
-display(report.accuracy_table(result.accuracy).assign(weights=study.weights))
-display(Markdown(report.gate_line(result.gate, result.ap_note)))
+display(*sections.accuracy(study, result.accuracy, result.gate, result.ap_note))
 
 # %%
 path = report.plot_latency_distribution(
@@ -107,8 +102,8 @@ display(Image(filename=str(path)))
 # for this process (`unique_graphs`: graphs compiled so far, all pipelines of this notebook together).
 
 # %%
-display(pd.DataFrame(result.shapes).assign(weights=study.weights))
-display(pd.DataFrame(fallbacks.by_recipe(result.compile)).assign(weights=study.weights))
+display(sections.show(study, result.shapes, "Distinct shapes"))
+display(sections.show(study, fallbacks.by_recipe(result.compile), "Compiled and eager, by recipe"))
 display(Markdown(f"**Found:** {fallbacks.finding(result.compile)}"))
 display(Markdown(f"dynamo counters: `{result.dynamo_counters}`"))
 
@@ -126,8 +121,8 @@ display(Markdown(f"dynamo counters: `{result.dynamo_counters}`"))
 
 # %%
 result.extras = protocol.run_extras(study, "p4")  # the same worker as the stage
-display(report.extras_table(result.extras).assign(weights=study.weights))
-display(report.accuracy_table(result.extras.accuracy).assign(weights=study.weights))
+display(sections.show(study, report.extras_table(result.extras), "Beyond the seed"))
+display(*sections.accuracy(study, result.extras.accuracy, result.extras.gate))
 
 # %% [markdown]
 # ### The tail: the images or the machine?
@@ -140,8 +135,8 @@ display(report.accuracy_table(result.extras.accuracy).assign(weights=study.weigh
 # on content, so its P99/P50 is this machine's jitter floor at this latency.
 
 # %%
-display(report.tail_table(result.extras.tail_recipe, result.extras.tail).assign(weights=study.weights))
-display(report.stage_table(result.extras.profiles).T.assign(weights=study.weights))
+display(sections.show(study, report.tail_table(result.extras.tail_recipe, result.extras.tail), "The tail"))
+display(sections.stages(study, result.extras.profiles, transpose=True))
 
 # %%
 path = report.plot_stage_breakdown(
@@ -149,5 +144,20 @@ path = report.plot_stage_breakdown(
     title="P4 and beyond: where the time goes")
 display(Image(filename=str(path)))
 
+# %% [markdown]
+# ### Roofline: how far each part is from the machine's peak
+#
+# For the baseline, P4 and every recipe beyond it, per part of the pipeline: the FLOPs it executes
+# (counted on the recipe's eager twin over the first `profile.images` benchmark images: padding,
+# lazy attention and raw masks change them), its median time in a profiled pass of the recipe as
+# measured (compiled), the FLOP/s that gives, and the share of this worker's measured GEMM peak for
+# the part's precision (fp32 and bf16/fp16 by torch, int8 by ONNX Runtime; `blendstudy.measure.roofline`).
+# Host parts (resize, paste) have no GEMM FLOPs: their time alone says what they cost.
+
+# %%
+display(*sections.roofline(study, result.extras.roofline, "p4_roofline.png", "P4 and beyond: each part's FLOP/s, "
+                                                                               "% of its peak"))
+
 # %%
 display(Markdown(f"results: `{study.save('p4_pad64', result)}`"))
+display(sections.finding(study, "p4_pad64"))

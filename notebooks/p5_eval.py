@@ -39,11 +39,10 @@ out_dir = None                       # None: artifacts/<params name>/ (run_study
 max_images = None                    # cap on benchmark / evaluation images (None: as the params say)
 
 # %%
-import pandas as pd
 from IPython.display import Image, Markdown, display
 
-from blendstudy import report
-from blendstudy.study import evaluation, protocol
+from blendstudy import report, tables
+from blendstudy.study import evaluation, protocol, sections
 
 study = protocol.open_study(params_file, out_dir, max_images)  # a missing path stops here, naming it
 display(Markdown(study.header()))
@@ -57,7 +56,7 @@ display(Markdown(evaluation.describe(result)))
 
 # %%
 no_ap = f"**No AP**: the model runs with {study.weights}; latency over the split is below."
-display(report.coco_table(result.metrics, reference=result.references or None).assign(weights=study.weights)
+display(sections.show(study, report.coco_table(result.metrics, reference=result.references or None), "COCO AP")
         if result.metrics else Markdown(no_ap))
 
 # %% [markdown]
@@ -67,7 +66,7 @@ display(report.coco_table(result.metrics, reference=result.references or None).a
 # rank's images/s is its share over its loop, the total the images over the slowest rank's loop.
 
 # %%
-display(pd.DataFrame(evaluation.rank_rows(result)))
+display(tables.show(evaluation.rank_rows(result), title="Ranks"))
 
 # %% [markdown]
 # ## Per-image latency over the split
@@ -77,8 +76,8 @@ display(pd.DataFrame(evaluation.rank_rows(result)))
 # image of each session (compilation, warm-up) is reported apart.
 
 # %%
-display(report.latency_table([(f"{result.recipe} on the split", result.timing)]).assign(
-    detections=result.num_detections, weights=study.weights) if result.timing else Markdown("no steady-state image"))
+display(sections.show(study, report.latency_table([(f"{result.recipe} on the split", result.timing)]).assign(
+    detections=result.num_detections), "Latency (ms)") if result.timing else Markdown("no steady-state image"))
 
 # %%
 path = report.plot_latency_distribution(
@@ -96,7 +95,8 @@ display(Image(filename=str(path)))
 counts = evaluation.scaling_counts(study.params)
 stage, _ = protocol.stage_runtime(study, "p5")
 scaling = evaluation.scaling_runs(study.params, study.spec, env=stage.env, counts=counts) if counts else []
-display(pd.DataFrame(scaling) if scaling else Markdown("No scaling run (`evaluation.scaling: false`)."))
+display(tables.show(scaling, title="Scaling") if scaling else Markdown("No scaling run (`evaluation.scaling: false`)."))
 
 # %%
 display(Markdown(f"results: `{study.save('p5_eval', result)}`"))
+display(sections.finding(study, "p5_eval"))

@@ -40,11 +40,10 @@ out_dir = None                       # None: artifacts/<params name>/ (run_study
 max_images = None                    # cap on benchmark / evaluation images (None: as the params say)
 
 # %%
-import pandas as pd
 from IPython.display import Image, Markdown, display
 
 from blendstudy import report
-from blendstudy.study import protocol
+from blendstudy.study import protocol, sections
 
 study = protocol.open_study(params_file, out_dir, max_images)  # a missing path stops here, naming it
 display(Markdown(study.header()))
@@ -57,7 +56,7 @@ display(Markdown(study.header()))
 
 # %%
 result = protocol.run_offline(study)
-display(pd.DataFrame(result.exports).drop(columns=["dirs"]).assign(weights=study.weights))
+display(sections.show(study, [{k: v for k, v in e.items() if k != "dirs"} for e in result.exports], "Exports"))
 display(Markdown(f"host switches of **{result.host_recipe}**; fastest PyTorch recipe: **{result.fastest}**"
                  + "".join(f"\n- **{k}**: {v}" for k, v in result.errors.items())))
 
@@ -69,8 +68,8 @@ display(Markdown(f"host switches of **{result.host_recipe}**; fastest PyTorch re
 # benchmark images.
 
 # %%
-display(pd.DataFrame(result.backends).assign(weights=study.weights))
-display(report.latency_table(list(result.latency.items())).assign(weights=study.weights))
+display(sections.show(study, result.backends, "Backends"))
+display(sections.show(study, report.latency_table(list(result.latency.items())), "Latency (ms)"))
 
 # %% [markdown]
 # ## Paired A/B
@@ -79,7 +78,7 @@ display(report.latency_table(list(result.latency.items())).assign(weights=study.
 # in the same worker (> 1: the offline pipeline is faster).
 
 # %%
-display(report.paired_table(result.comparisons, weights=study.weights))
+display(*sections.paired(study, result.comparisons))
 
 # %% [markdown]
 # ## Accuracy gate and memory
@@ -90,9 +89,8 @@ display(report.paired_table(result.comparisons, weights=study.weights))
 # worker).
 
 # %%
-display(report.accuracy_table(result.accuracy).assign(weights=study.weights))
-display(Markdown(report.gate_line(result.gate, result.ap_note)))
-display(pd.DataFrame(result.memory).drop(columns=["process"]).assign(weights=study.weights))
+display(*sections.accuracy(study, result.accuracy, result.gate, result.ap_note))
+display(sections.show(study, [{k: v for k, v in m.items() if k != "process"} for m in result.memory], "Peak memory"))
 
 # %% [markdown]
 # ## Where the time goes
@@ -100,7 +98,17 @@ display(pd.DataFrame(result.memory).drop(columns=["process"]).assign(weights=stu
 # The stage profile of each offline pipeline (`dense network` is the runtime's share).
 
 # %%
-display(report.stage_table(result.profiles).assign(weights=study.weights) if result.profiles else Markdown("-"))
+display(sections.stages(study, result.profiles))
+
+# %% [markdown]
+# ### Roofline
+#
+# Per backend and part, as in P4: the dense network's FLOPs are those of the PyTorch network it was
+# exported from (the same convolutions), its precision fp32 or int8 as exported, against this
+# backend's worker's measured GEMM peak for that precision.
+
+# %%
+display(*sections.roofline(study, result.roofline, "p6_roofline.png", "P6: each part's FLOP/s, % of its peak"))
 
 # %%
 path = report.plot_latency_distribution(
@@ -109,3 +117,4 @@ display(Image(filename=str(path)))
 
 # %%
 display(Markdown(f"results: `{study.save('p6_offline', result)}`"))
+display(sections.finding(study, "p6_offline"))

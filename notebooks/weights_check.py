@@ -33,9 +33,9 @@ out_dir = None                       # None: artifacts/<params name>/ (run_study
 max_images = None                    # cap on benchmark / evaluation images (None: as the params say)
 
 # %%
-import pandas as pd
 from IPython.display import Markdown, display
 
+from blendstudy import tables
 from blendstudy.study import protocol
 
 study = protocol.open_study(params_file, out_dir, max_images)  # a missing path stops here, naming it
@@ -43,7 +43,7 @@ display(Markdown(study.header()))
 
 # %%
 result = protocol.check_weights(study)  # the model is loaded in a worker process
-display(pd.DataFrame([result.summary]))
+display(tables.show([result.summary], lift=False))
 display(Markdown(f"```\n{result.check['text']}\n```" if result.check else
                  "**No checkpoint was loaded**: the model runs with its seeded RANDOM initialisation. "
                  "Latency is meaningful, accuracy is not."))

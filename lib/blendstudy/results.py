@@ -27,6 +27,7 @@ from blendstudy.jsonable import from_jsonable, to_jsonable
 from blendstudy.measure.agreement import AccuracyReport
 from blendstudy.measure.latency import LatencyRun, LatencyStats, PairedComparison, TailBreakdown
 from blendstudy.measure.profile import Efficiency, StageProfile
+from blendstudy.measure.roofline import RooflineRow
 from blendstudy.runtime import SweepResult
 
 __all__ = ["BaselineResult", "BenchResult", "EnvCheckResult", "EvalResult", "ExtrasResult", "LatencyResult",
@@ -104,6 +105,8 @@ class ExtrasResult:
     tail_recipe: Optional[str] = None
     tail: Optional[TailBreakdown] = None
     same_as: Dict[str, str] = field(default_factory=dict)
+    #: per recipe (the baseline included) and part: FLOPs, time, achieved vs this process's GEMM peak
+    roofline: List[RooflineRow] = field(default_factory=list)
 
 
 @dataclass
@@ -194,6 +197,8 @@ class OfflineResult(RecipeRuns):
     memory: List[Dict[str, Any]] = field(default_factory=list)
     profiles: Dict[str, StageProfile] = field(default_factory=dict)
     errors: Dict[str, str] = field(default_factory=dict)
+    #: per backend and part (each measured in the backend's own worker): see ExtrasResult.roofline
+    roofline: List[RooflineRow] = field(default_factory=list)
     runs: Dict[str, LatencyResult] = field(default_factory=dict)
     comparisons: Dict[str, PairedComparison] = field(default_factory=dict)
     accuracy: Dict[str, AccuracyReport] = field(default_factory=dict)

@@ -102,7 +102,7 @@ class DenseBackend:
 
 
 def _model_file(model_dir: Path, meta: Mapping[str, Any]) -> Path:
-    path = model_dir / str(meta.get("onnx") or ONNX_FILE)
+    path = model_dir / str(meta.get("model_file") or meta.get("onnx") or ONNX_FILE)
     if not path.is_file():
         raise BackendError(f"{path}: missing (model.json is there, the graph is not): re-export with "
                            f"`{EXPORT_HINT} --out {model_dir}`")
@@ -191,35 +191,50 @@ def _openvino_core():
                            ) from None
 
 
+def _openvino_target(core: Any, device: str) -> str:
+    """OpenVINO's device name for ``device`` ("cpu" -> CPU, "gpu:1" -> GPU.1); BackendError when absent."""
+    kind = device.split(":")[0].lower()
+    if kind in ("cpu", "gpu", "auto"):
+        target = kind.upper() + (f".{_device_index(device)}" if kind == "gpu" and ":" in device else "")
+    else:
+        target = device
+    available = list(core.available_devices)
+    if target != "AUTO" and target not in available and target.split(".")[0] not in available \
+            and not any(d.startswith(target + ".") for d in available):
+        raise BackendError(f"openvino has no device {target} (available: {', '.join(available)}): "
+                           "pick one of those with --device")
+    return target
+
+
+def openvino_properties(target: str, properties: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """compile_model properties: the latency hint, and on the CPU fp32 as exported (the CPU plugin
+    would otherwise run fp32 layers in bf16 on CPUs with AMX / AVX512-BF16; int8 layers stay int8)."""
+    props: Dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+    if target == "CPU":
+        props["INFERENCE_PRECISION_HINT"] = "f32"
+    props.update(properties or {})
+    return props
+
+
 class OpenVINOBackend(DenseBackend):
     name = "openvino"
 
     def __init__(self, model_dir: PathLike, meta: Mapping[str, Any], device: str = "cpu",
-                 properties: Optional[Mapping[str, Any]] = None):
+                 properties: Optional[Mapping[str, Any]] = None, compiled: Any = None):
+        """``compiled``: an OpenVINO CompiledModel of this export to serve as it is (e.g. one NNCF's
+        accuracy control is validating) instead of compiling the model file."""
         super().__init__(model_dir, meta, device)
         ov, core = _openvino_core()
         self._ov = ov
-        path = _model_file(self.model_dir, meta)
-        kind = device.split(":")[0].lower()
-        if kind in ("cpu", "gpu", "auto"):
-            target = kind.upper() + (f".{_device_index(device)}" if kind == "gpu" and ":" in device else "")
-        else:
-            target = device
-        available = list(core.available_devices)
-        if target != "AUTO" and target not in available and target.split(".")[0] not in available \
-                and not any(d.startswith(target + ".") for d in available):
-            raise BackendError(f"openvino has no device {target} (available: {', '.join(available)}): "
-                               "pick one of those with --device")
-        props: Dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
-        if target == "CPU":
-            # fp32 as exported: the CPU plugin would otherwise run bf16 on CPUs with AMX / AVX512-BF16
-            props["INFERENCE_PRECISION_HINT"] = "f32"
-        props.update(properties or {})
+        path = _model_file(self.model_dir, meta) if compiled is None else self.model_dir
         t0 = time.perf_counter()
-        self.compiled = core.compile_model(str(path), target, props)
+        if compiled is None:
+            target = _openvino_target(core, device)
+            compiled = core.compile_model(str(path), target, openvino_properties(target, properties))
+        self.compiled = compiled
         self.request = self.compiled.create_infer_request()
         self.session_seconds = time.perf_counter() - t0
-        self.providers = [target]
+        self.providers = [str(d) for d in self.compiled.get_property("EXECUTION_DEVICES")]
         self._outputs = []
         for port in self.compiled.outputs:
             names = set(port.get_names())
@@ -368,6 +383,9 @@ def load_backend(name: str, model_dir: PathLike, device: Optional[str] = None, c
         _check_config(model_dir, meta, config)
     if checkpoint is not None:
         _check_checkpoint(model_dir, meta, checkpoint)
+    if kind != "openvino" and str(meta.get("model_file") or "").endswith(".xml"):
+        raise BackendError(f"{model_dir / META_FILE}: an OpenVINO IR (NNCF int8), not an ONNX graph: run it with the "
+                           "openvino backend")
     if kind == "onnxruntime":
         return OnnxRuntimeBackend(model_dir, meta, device or "cpu", **options)
     if kind == "openvino":

@@ -4,11 +4,19 @@ attention + basis module) as an offline model, checked against eager PyTorch."""
 from __future__ import annotations
 
 import argparse
+import shutil
+import sys
+from pathlib import Path
+from typing import List
+
+import numpy as np
 
 from blendstudy.backends import atc_command, export_onnx, soc_version
 from blendstudy.cli.common import UserError
 from blendstudy.config import load_config
-from blendstudy.predictor import load_pipeline
+from blendstudy.data.images import ImageReadError, list_images, read_image
+from blendstudy.optimize import build_pipeline, host_switches
+from blendstudy.predictor import LoadedPipeline, load_pipeline
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -18,6 +26,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise UserError("give --input-size H W (a fixed-size model) or --dynamic")
     load_config(args.config)  # an unknown or unsupported config stops here, in one line
     loaded = load_pipeline(args.config, args.weights, "cpu", warn_random=False)
+    if args.quantize:
+        return export_int8(args, loaded)
     res = export_onnx(loaded.pipeline.model, args.out, input_size=tuple(args.input_size) if args.input_size else None,
                       dynamic=args.dynamic, opset=args.opset, config_name=args.config,
                       checkpoint=args.weights or "random", lazy_attention=args.lazy_attention)
@@ -36,6 +46,44 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def calibration_batches(loaded: LoadedPipeline, folder: str, recipe: str, count: int) -> List[np.ndarray]:
+    """The first ``count`` images of ``folder`` prepared as ``recipe``'s host switches prepare them
+    (resized, normalised, padded); an unreadable image is one line on stderr and skipped."""
+    host = build_pipeline(loaded.pipeline, "+".join(["baseline", *host_switches(recipe)]))
+    batches: List[np.ndarray] = []
+    for path in list_images(folder)[:count]:
+        try:
+            batches.append(host.prepare(read_image(path))[0].numpy())
+        except ImageReadError as exc:
+            print(f"blendstudy: {exc}", file=sys.stderr)
+    if not batches:
+        raise UserError(f"--calibration-images {folder}: no readable image to calibrate int8 on")
+    return batches
+
+
+def export_int8(args: argparse.Namespace, loaded: LoadedPipeline) -> int:
+    """--quantize int8: a dynamic fp32 export beside --out (<out>-fp32), NNCF's post-training int8
+    of it calibrated on --calibration-images, written to --out as an OpenVINO IR (fixed to
+    --input-size when given); `openvino:<out>@<recipe>` then runs it."""
+    from blendstudy.backends.nncf_int8 import quantize_openvino, specialize
+
+    if not args.calibration_images:
+        raise UserError("--quantize int8 needs --calibration-images DIR (training images, not evaluation ones)")
+    out = Path(args.out)
+    fp32 = out.with_name(out.name + "-fp32")
+    res = export_onnx(loaded.pipeline.model, fp32, dynamic=True, opset=args.opset, config_name=args.config,
+                      checkpoint=args.weights or "random", lazy_attention=args.lazy_attention)
+    batches = calibration_batches(loaded, args.calibration_images, args.recipe, args.calibration_count)
+    staging = out.with_name(out.name + "-dynamic-int8") if args.input_size else out
+    ir = quantize_openvino(res.model_dir, batches, staging)
+    if args.input_size:
+        specialize(ir, tuple(args.input_size), out)
+        shutil.rmtree(staging)
+    print(f"wrote {out} (OpenVINO IR, int8 by nncf.quantize on {len(batches)} images of {args.calibration_images} "
+          f"prepared as {args.recipe}'s host switches; fp32 export in {fp32})")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("export", help="export the dense part to ONNX (checked against eager PyTorch)")
     e.add_argument("--config", required=True, help="config path or shipped name, e.g. BlendMask/R_101_3x")
@@ -50,4 +98,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--lazy-attention", action="store_true",
                    help="stop the graph at the bbox towers: the host computes the attention at the detections")
     e.add_argument("--soc", default=None, help="Ascend SoC for the printed ATC command (default: read from the device)")
+    e.add_argument("--quantize", default=None, choices=["int8"],
+                   help="int8 by OpenVINO's NNCF (post-training), written as an OpenVINO IR")
+    e.add_argument("--calibration-images", default=None, metavar="DIR", help="images to calibrate int8 on")
+    e.add_argument("--calibration-count", type=int, default=16, help="how many of them (default 16)")
+    e.add_argument("--recipe", default="best_cpu",
+                   help="whose host switches prepare the calibration images (as the pipeline that runs it)")
     e.set_defaults(func=cmd_export)

@@ -6,7 +6,7 @@ from typing import Any, Dict, List, Mapping
 
 import numpy as np
 
-__all__ = ["resize_difference"]
+__all__ = ["resize_difference", "resize_difference_summary"]
 
 
 def resize_difference(reference: Any, candidate: Any, images: Mapping[str, np.ndarray]) -> List[Dict[str, Any]]:
@@ -24,3 +24,13 @@ def resize_difference(reference: Any, candidate: Any, images: Mapping[str, np.nd
         rows.append({"image": name, "size": f"{a.shape[-1]}x{a.shape[-2]}", "mean": float(d.mean()),
                      "p99": float(np.percentile(d, 99)), "max": float(d.max()), "differs": float((d > 0).mean())})
     return rows
+
+
+def resize_difference_summary(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """resize_difference's rows summed up over the images: the mean and the largest per-image
+    value of each measure (mean, p99, max |a - b| in grey levels; share of values that differ)."""
+    if not rows:
+        return []
+    keys = ("mean", "p99", "max", "differs")
+    return [{"over images": how, "images": len(rows), **{k: float(fn([r[k] for r in rows])) for k in keys}}
+            for how, fn in (("mean", np.mean), ("max", np.max))]

@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from blendstudy import optimize
 from blendstudy.backends import (
@@ -33,11 +33,13 @@ from blendstudy.measure.worker import process_info
 from blendstudy.pipeline import Pipeline
 from blendstudy.results import LatencyResult
 from blendstudy.study.context import Context, StudySpec, context
+from blendstudy.study.offline_int8 import int8_methods, nncf_variant
 from blendstudy.study.params import open_dataset, resolve_config
+from blendstudy.study.roofline import backend_roofline
 from blendstudy.study.steps import distinct_shapes, warm_shapes
 
-__all__ = ["compile_om", "export_variant", "fastest_recipe", "measure_backend", "measure_memory",
-           "offline_settings", "quantize_variant", "settings"]
+__all__ = ["compile_om", "export_variant", "fastest_recipe", "int8_variants", "measure_backend", "measure_memory",
+           "offline_settings", "padded_sizes", "quantize_variant", "settings"]
 
 
 
@@ -52,12 +54,18 @@ def offline_settings(ctx: Context) -> Dict[str, Any]:
     return {"backends": list(o.get("backends", ["onnxruntime", "openvino"])),
             "shapes": list(o.get("shapes", ["static", "dynamic"])),
             "host_recipe": str(o.get("host_recipe") or ("best_cpu" if ctx.device.type == "cpu" else "best")),
-            "int8": bool(o.get("int8", False)), "calibration_images": int(o.get("calibration_images", 16)),
+            "int8": int8_methods(o.get("int8", False)), "calibration_images": int(o.get("calibration_images", 16)),
             "compare_recipe": o.get("compare_recipe")}
 
 
 def _host_pipeline(ctx: Context, host_recipe: str) -> Pipeline:
     return ctx.pipeline("+".join(["baseline", *optimize.host_switches(host_recipe)]))
+
+
+def padded_sizes(spec: StudySpec, host_recipe: str) -> List[str]:
+    """The padded input sizes ("HxW") the benchmark images give under the host recipe's padding."""
+    ctx = context(spec)
+    return [f"{h}x{w}" for h, w in sorted(distinct_shapes(ctx, _host_pipeline(ctx, host_recipe)))]
 
 
 def _model_root(ctx: Context) -> Path:
@@ -129,7 +137,7 @@ def quantize_variant(spec: StudySpec, exported: Dict[str, Any], host_recipe: str
         fitting = [b for b in batches if name == "dynamic" or f"{b.shape[-2]}x{b.shape[-1]}" == name] or batches
         out = Path(d).with_name(Path(d).name + "_int8")
         dirs[name] = str(quantize_onnx(d, fitting, out))
-    return {"kind": exported["kind"] + "-int8", "dirs": dirs, "export_s": time.perf_counter() - t0,
+    return {"kind": exported["kind"] + "-int8", "dirs": dirs, "export_s": time.perf_counter() - t0, "int8": True,
             "calibration": f"{calib.ann_file.name}: {min(images, len(calib))} images", "process": process_info()}
 
 
@@ -176,7 +184,7 @@ def measure_backend(spec: StudySpec, runtime: str, exported: Dict[str, Any], hos
     pairs = {f"{label} vs {r}": paired_compare(p, pipe, ctx.images, ctx.device, rounds=t.rounds, warmup=t.warmup,
                                                n_boot=t.n_boot, confidence=t.confidence, progress=False,
                                                name_a=r, name_b=label) for r, p in refs.items()}
-    outputs = {"baseline": ctx.outputs("baseline"), label: {n: pipe(ctx.images[n]) for n in ctx.gate_images()}}
+    outputs = {"baseline": ctx.outputs("baseline"), label: ctx.detect(pipe)}
     accuracy, gate, note = ctx.gates(outputs, [("baseline", label)])
     p = ctx.params.profile
     profile = profile_stages(pipe, list(ctx.images.values())[: p.images], warmup=p.warmup, repeats=p.repeats,
@@ -185,8 +193,10 @@ def measure_backend(spec: StudySpec, runtime: str, exported: Dict[str, Any], hos
            "models": len(exported["dirs"]), "export s": exported["export_s"], "session s": session_s,
            "first call ms (per shape)": first_ms, "steady mean ms": run.stats.mean,
            "providers": pipe.recipe_info["dense"].get("providers") or pipe.recipe_info["dense"].get("models")}
+    roofline = backend_roofline(ctx, label, pipe, int8=bool(exported.get("int8")),
+                                lazy=bool(exported.get("lazy_attention")))
     return {"row": row, "latency": latency, "comparisons": pairs, "accuracy": accuracy, "gate": gate, "note": note,
-            "profile": profile, "memory": memory}
+            "profile": profile, "memory": memory, "roofline": roofline}
 
 
 def _memory_after_pass(ctx: Context, pipe: Pipeline, label: str) -> Dict[str, Any]:
@@ -222,3 +232,24 @@ def fastest_recipe(spec: StudySpec, candidates: Sequence[str]) -> str:
         if ms < best_ms:
             best, best_ms = r, ms
     return best
+
+
+# ---- the notebook kernel's side -------------------------------------------------------------
+def int8_variants(call: Callable[..., Any], settings: Dict[str, Any], exports: List[Dict[str, Any]],
+                  errors: Dict[str, str]) -> List[Dict[str, Any]]:
+    """The int8 variants the settings ask for, each made by ``call(fn, *args)`` in the stage's worker:
+    ONNX Runtime's QDQ of every export, NNCF's of the dynamic export fixed to every padded size. A
+    method that fails (a missing calibration split, a quantizer error) is one line in ``errors``."""
+    made: List[Dict[str, Any]] = []
+    host, n = settings["host_recipe"], settings["calibration_images"]
+    for method in settings["int8"]:
+        try:
+            if method == "onnxruntime":
+                made += [call(quantize_variant, e, host, n) for e in exports]
+                continue
+            dynamic = next((e for e in exports if e["kind"] == "dynamic"), None) \
+                or call(export_variant, "dynamic", host)
+            made.append(call(nncf_variant, dynamic, call(padded_sizes, host), host, n, method))
+        except Exception as exc:
+            errors[f"int8 {method}"] = str(exc).splitlines()[0]
+    return made

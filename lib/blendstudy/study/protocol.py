@@ -46,7 +46,7 @@ from blendstudy.runtime import (
     worker_env,
     write_best_runtime,
 )
-from blendstudy.study import evaluation, offline, steps
+from blendstudy.study import evaluation, offline, offline_int8, steps
 from blendstudy.study.context import StudySpec, runtime_candidates_here
 from blendstudy.study.params import StudyParams, check_paths, resolve_weights, run_dir, runtime_for, weights_label
 
@@ -309,20 +309,13 @@ def run_offline(study: Study) -> OfflineResult:
     out = OfflineResult(host_recipe=s["host_recipe"], weights=study.weights, random_weights=study.random_weights)
     out.fastest = _fastest_pytorch(study, spec, s["host_recipe"], s["compare_recipe"])
     exports = [study.call(spec, offline.export_variant, kind, s["host_recipe"]) for kind in s["shapes"]]
-    if s["int8"]:
-        for e in list(exports):
-            try:
-                exports.append(study.call(spec, offline.quantize_variant, e, s["host_recipe"], s["calibration_images"]))
-            except Exception as exc:  # a missing calibration split, a quantizer failure: said, not fatal
-                out.errors[f"int8 {e['kind']}"] = str(exc).splitlines()[0]
+    exports += offline.int8_variants(lambda fn, *a: study.call(spec, fn, *a), s, exports, out.errors)
     out.exports = [{k: v for k, v in e.items() if k != "process"} for e in exports]
     fresh = WorkerSpec(label="p6", env=spec.env, cpu_cores=spec.cpu_cores)
     for runtime in s["backends"]:
         for e in exports:
-            if e["kind"].endswith("int8") and runtime != "onnxruntime":
-                continue  # the QDQ int8 graph is onnxruntime's format
-            if runtime == "om" and e["kind"] != "static":
-                continue  # ATC compiles fixed shapes
+            if not offline_int8.runs_on(runtime, e):
+                continue
             label = f"{runtime} {e['kind']}"
             try:
                 if runtime == "om":
@@ -339,6 +332,7 @@ def run_offline(study: Study) -> OfflineResult:
             out.gate.update(res["gate"])
             out.ap_note = res["note"]
             out.profiles[label] = res["profile"]
+            out.roofline.extend(res["roofline"])
             out.processes[label] = res["latency"].process
             out.memory.append(res["memory"])
     for recipe in dict.fromkeys(["baseline", out.fastest]):

@@ -38,6 +38,7 @@ from blendstudy.results import (
 from blendstudy.runtime import RuntimeConfig
 from blendstudy.study.context import Context, StudySpec, context, study_device
 from blendstudy.study.params import profile_images
+from blendstudy.study.roofline import recipe_roofline
 
 __all__ = ["SEED_ENVIRONMENT", "check_environment", "check_weights", "measure_baseline", "measure_extras",
            "measure_latency_of", "measure_stage", "prepare", "time_one"]
@@ -264,6 +265,7 @@ def measure_extras(spec: StudySpec, stage: str, recipes: Sequence[str], runtime:
     out.accuracy, out.gate, _ = ctx.gates(outputs, [("baseline", r) for r in extra])
     with_base = {**pipes, "baseline": ctx.pipeline("baseline", runtime)}
     out.paired_vs_baseline = {r: _paired(ctx, "baseline", r, with_base, runtime) for r in pipes}
+    out.roofline = [row for r, pipe in with_base.items() for row in recipe_roofline(ctx, r, pipe)]
     t = ctx.params.timing
     fastest = min(out.latency, key=lambda r: out.latency[r].stats.p50)
     run = out.latency[fastest]

@@ -1,0 +1,106 @@
+"""The roofline: FLOPs per part as the pipeline executes them, peaks, rows, table and figure."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from blendstudy import optimize
+from blendstudy.measure.profile import count_flops
+from blendstudy.measure.roofline import (
+    Peaks,
+    gemm_peak,
+    mean_stage_flops,
+    part_totals,
+    recipe_precision,
+    rows,
+    stage_flops,
+)
+from blendstudy.predictor import load_pipeline
+from blendstudy.roofline_report import plot_roofline, roofline_frame, roofline_summary
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    return load_pipeline("BlendMask/Tiny_synthetic", "tiny_synthetic", "cpu")
+
+
+def _image(h: int = 300, w: int = 410, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8)
+
+
+PEAKS = Peaks({"fp32": 100e9, "bf16": 200e9, "int8": 400e9}, "AVX2", ["avx2"], 1024)
+
+
+def test_stage_flops_add_up_to_the_whole_count(loaded):
+    image = _image()
+    per = stage_flops(loaded.pipeline, image)
+    assert per["backbone+FPN"] > 0 and per["FCOS head"] > 0 and per["basis module"] > 0
+    assert per.get("resize", 0.0) == 0.0 and per.get("mask paste", 0.0) == 0.0
+    assert sum(per.values()) == pytest.approx(count_flops(loaded.pipeline, image))
+
+
+def test_switches_change_the_count_where_they_act(loaded):
+    image = _image()
+    plain = stage_flops(loaded.pipeline, image)
+    lazy = stage_flops(optimize.build_pipeline(loaded.pipeline, ["lazy_attention"]), image)
+    assert lazy["FCOS head"] < plain["FCOS head"]                 # the attention conv only at detections
+    assert lazy["backbone+FPN"] == plain["backbone+FPN"]
+    padded = stage_flops(optimize.build_pipeline(loaded.pipeline, ["pad64"]), image)
+    assert padded["backbone+FPN"] > plain["backbone+FPN"]        # 64-padding adds pixels to a 32-padded input
+
+
+def test_mean_over_images_and_part_totals(loaded):
+    a, b = _image(seed=1), _image(240, 320, seed=2)
+    mean = mean_stage_flops(loaded.pipeline, [a, b])
+    one, two = stage_flops(loaded.pipeline, a), stage_flops(loaded.pipeline, b)
+    assert mean["backbone+FPN"] == pytest.approx((one["backbone+FPN"] + two["backbone+FPN"]) / 2)
+    parts = part_totals({"read": 1.0, "resize": 2.0, "backbone+FPN": 3.0, "mask paste": 4.0, "result extraction": 5.0})
+    assert parts == {"host pre": 3.0, "backbone+FPN": 3.0, "host post": 9.0}
+
+
+def test_rows_against_the_precisions_peak():
+    ms = {"resize": 2.0, "backbone+FPN": 10.0, "FCOS head": 5.0, "mask paste": 1.0}
+    flops = {"backbone+FPN": 0.5e9, "FCOS head": 0.25e9}
+    out = {r.part: r for r in rows("p4", ms, flops, {"backbone+FPN": "bf16"}, PEAKS)}
+    assert out["backbone+FPN"].achieved_gflops == pytest.approx(50.0)
+    assert out["backbone+FPN"].peak_gflops == pytest.approx(200.0)
+    assert out["backbone+FPN"].fraction_of_peak == pytest.approx(0.25)
+    assert out["FCOS head"].precision == "fp32" and out["FCOS head"].fraction_of_peak == pytest.approx(0.5)
+    assert out["host pre"].precision == "-" and out["host pre"].fraction_of_peak is None
+    assert out["host post"].ms == 1.0
+
+
+def test_a_part_over_its_peak_is_a_wrong_count():
+    with pytest.raises(ValueError, match="over the measured fp32 peak"):
+        rows("x", {"FCOS head": 1.0}, {"FCOS head": 1e9}, {}, PEAKS)
+
+
+def test_recipe_precision():
+    assert recipe_precision(["half"], "bf16")["FCOS head"] == "bf16"
+    assert recipe_precision(["mixed_half"], "bf16") == {"backbone+FPN": "bf16", "basis module": "bf16"}
+    assert recipe_precision(["mixed_half", "half_towers"], "fp16")["FCOS head"] == "fp16"
+    assert recipe_precision(["pad64"], "bf16") == {}
+
+
+def test_measured_peaks_are_positive():
+    fp32 = gemm_peak(torch.device("cpu"), "fp32", n=128, repeats=2)
+    assert fp32 and fp32 > 0
+    pytest.importorskip("onnxruntime")
+    int8 = gemm_peak(torch.device("cpu"), "int8", n=128, repeats=2)
+    assert int8 and int8 > 0
+
+
+def test_table_summary_and_figure(tmp_path):
+    ms = {"resize": 2.0, "backbone+FPN": 10.0, "FCOS head": 5.0, "mask paste": 1.0}
+    flops = {"backbone+FPN": 0.5e9, "FCOS head": 0.25e9}
+    rs = rows("p4", ms, flops, {}, PEAKS) + rows("best", ms, flops, {"FCOS head": "int8"}, PEAKS)
+    table = roofline_frame(rs)
+    assert list(table.columns)[:3] == ["pipeline", "part", "precision"]
+    assert table.loc[(table["pipeline"] == "p4") & (table["part"] == "host pre"), "% of peak"].item() == "-"
+    summary = roofline_summary(rs).set_index("pipeline")
+    assert summary.loc["p4", "GEMM parts' % of peak"] == pytest.approx(50.0)  # 0.75 GFLOP in 15 ms of a 100 peak
+    assert summary.loc["p4", "slowest part"] == "backbone+FPN"
+    png = plot_roofline(rs, tmp_path / "roofline.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
