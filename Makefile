@@ -84,7 +84,7 @@ lab: venv
 	  $(if $(filter 0,$(shell id -u 2>/dev/null)),--allow-root)
 
 tiny-model: venv
-	$(PY) -m blendstudy.train --recipe tiny --out lib/blendstudy/weights/tiny_synthetic.pth
+	$(PY) -m blendstudy.training --schedule tiny --out lib/blendstudy/weights/tiny_synthetic.pth
 
 clean:
 	rm -rf $(VENV) artifacts/*/

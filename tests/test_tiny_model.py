@@ -9,16 +9,30 @@ import numpy as np
 import pytest
 import torch
 
-from blendstudy import train as T
+import blendstudy
+from blendstudy import train as train_alias
 from blendstudy.checkpoint import load_weights
 from blendstudy.config import load_config
 from blendstudy.data import generate_synthetic_coco, read_image
 from blendstudy.data.coco import CocoDataset
 from blendstudy.model import build_model
+from blendstudy.model.fcos import compute_locations
 from blendstudy.ops import box_iou
 from blendstudy.pipeline import Pipeline
+from blendstudy.training import cli
+from blendstudy.training.losses import (
+    centerness_targets,
+    compute_losses,
+    loss_settings,
+    ltrb_giou,
+    sigmoid_focal_loss,
+)
+from blendstudy.training.samples import TrainData, collate
+from blendstudy.training.schedule import SCHEDULES, lr_at
+from blendstudy.training.targets import INF, assign_targets, sizes_of_interest
 
-WEIGHTS = Path(T.__file__).resolve().parent / "weights" / "tiny_synthetic.pth"
+PACKAGE = Path(blendstudy.__file__).resolve().parent
+WEIGHTS = PACKAGE / "weights" / "tiny_synthetic.pth"
 CONFIG = "BlendMask/Tiny_synthetic"
 # images the shipped model is checked on: a seed used neither for training (0) nor validation (1)
 CHECK_SEED = 2024
@@ -30,21 +44,21 @@ def test_config_loads_and_matches_dataset():
     assert cfg.MODEL.FCOS.NUM_CLASSES == 8 == cfg.MODEL.BASIS_MODULE.NUM_CLASSES
     assert cfg.MODEL.RESNETS.NORM == "BN"
     assert cfg.INPUT.MIN_SIZE_TEST <= 640 and cfg.INPUT.MAX_SIZE_TEST <= 640
-    s = T.loss_settings(cfg)
+    s = loss_settings(cfg)
     assert len(s.size_ranges) == len(cfg.MODEL.FCOS.IN_FEATURES)
 
 
 def _two_levels():
-    locs = [T.compute_locations(8, 8, 8, torch.device("cpu")), T.compute_locations(4, 4, 16, torch.device("cpu"))]
-    ranges = T.sizes_of_interest([48], 2)
+    locs = [compute_locations(8, 8, 8, torch.device("cpu")), compute_locations(4, 4, 16, torch.device("cpu"))]
+    ranges = sizes_of_interest([48], 2)
     return locs, ranges
 
 
 def test_assign_targets_small_box_goes_to_p3_center_cells():
     locs, ranges = _two_levels()
-    assert ranges == [(-1.0, 48.0), (48.0, T.INF)]
+    assert ranges == [(-1.0, 48.0), (48.0, INF)]
     boxes = torch.tensor([[8.0, 8.0, 40.0, 40.0]])  # centre (24, 24)
-    labels, reg, gt = T.assign_targets(locs, [8, 16], ranges, boxes, torch.tensor([3]), num_classes=8,
+    labels, reg, gt = assign_targets(locs, [8, 16], ranges, boxes, torch.tensor([3]), num_classes=8,
                                        radius=1.5)
     pos = torch.nonzero(labels != 8).squeeze(1)
     all_locs = torch.cat(locs)
@@ -58,10 +72,10 @@ def test_assign_targets_small_box_goes_to_p3_center_cells():
 
 
 def test_assign_targets_large_box_goes_to_p4_and_smaller_box_wins_overlaps():
-    locs = [T.compute_locations(16, 16, 8, torch.device("cpu")), T.compute_locations(8, 8, 16, torch.device("cpu"))]
-    ranges = T.sizes_of_interest([48], 2)
+    locs = [compute_locations(16, 16, 8, torch.device("cpu")), compute_locations(8, 8, 16, torch.device("cpu"))]
+    ranges = sizes_of_interest([48], 2)
     boxes = torch.tensor([[4.0, 4.0, 124.0, 124.0], [50.0, 50.0, 78.0, 78.0]])
-    labels, reg, gt = T.assign_targets(locs, [8, 16], ranges, boxes, torch.tensor([1, 5]), num_classes=8)
+    labels, reg, gt = assign_targets(locs, [8, 16], ranges, boxes, torch.tensor([1, 5]), num_classes=8)
     all_locs = torch.cat(locs)
     big = torch.nonzero(gt == 0).squeeze(1)
     small = torch.nonzero(gt == 1).squeeze(1)
@@ -75,20 +89,20 @@ def test_assign_targets_large_box_goes_to_p4_and_smaller_box_wins_overlaps():
 
 def test_assign_targets_without_boxes_is_all_background():
     locs, ranges = _two_levels()
-    labels, reg, gt = T.assign_targets(locs, [8, 16], ranges, torch.zeros((0, 4)),
+    labels, reg, gt = assign_targets(locs, [8, 16], ranges, torch.zeros((0, 4)),
                                        torch.zeros((0,), dtype=torch.int64), num_classes=8)
     assert (labels == 8).all() and (gt == -1).all() and reg.shape == (80, 4)
 
 
 def test_losses_of_known_values():
     t = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
-    ious, gious = T.ltrb_giou(t, t)
+    ious, gious = ltrb_giou(t, t)
     assert torch.allclose(ious, torch.ones(1)) and torch.allclose(gious, torch.ones(1))
-    assert torch.allclose(T.centerness_targets(torch.tensor([[1.0, 2.0, 1.0, 2.0]])), torch.ones(1))
-    assert torch.allclose(T.centerness_targets(torch.tensor([[1.0, 1.0, 3.0, 1.0]])), torch.tensor([3 ** -0.5]))
+    assert torch.allclose(centerness_targets(torch.tensor([[1.0, 2.0, 1.0, 2.0]])), torch.ones(1))
+    assert torch.allclose(centerness_targets(torch.tensor([[1.0, 1.0, 3.0, 1.0]])), torch.tensor([3 ** -0.5]))
     # focal loss of a confident right answer is ~0, of a confident wrong one large
-    assert float(T.sigmoid_focal_loss(torch.tensor([10.0]), torch.tensor([1.0]))) < 1e-6
-    assert float(T.sigmoid_focal_loss(torch.tensor([10.0]), torch.tensor([0.0]))) > 5
+    assert float(sigmoid_focal_loss(torch.tensor([10.0]), torch.tensor([1.0]))) < 1e-6
+    assert float(sigmoid_focal_loss(torch.tensor([10.0]), torch.tensor([0.0]))) > 5
 
 
 def test_one_training_step_is_finite(tmp_path):
@@ -97,13 +111,13 @@ def test_one_training_step_is_finite(tmp_path):
                                  show_progress=False)
     coco = CocoDataset(ds.ann_file, ds.image_dir)
     cfg = load_config(CONFIG)
-    data = T.TrainData(coco, [96], 128, cfg.MODEL.BLENDMASK.BOTTOM_RESOLUTION)
+    data = TrainData(coco, [96], 128, cfg.MODEL.BLENDMASK.BOTTOM_RESOLUTION)
     samples = [data.load(i, np.random.default_rng(i)) for i in range(len(data))]
     assert samples[0].mask_targets.shape[1:] == (56, 56) and samples[0].mask_targets.max() == 1
     model = build_model(cfg).train()
-    images, sizes = T.collate(samples, model)
+    images, sizes = collate(samples, model)
     assert images.shape[-1] % 32 == 0 and sizes[0] == (96, 128)
-    losses = T.compute_losses(model, images, samples, T.loss_settings(cfg))
+    losses = compute_losses(model, images, samples, loss_settings(cfg))
     assert set(losses) == {"loss_fcos_cls", "loss_fcos_loc", "loss_fcos_ctr", "loss_mask", "loss_basis_sem"}
     total = sum(losses.values())
     assert all(torch.isfinite(v) for v in losses.values())
@@ -192,16 +206,25 @@ def test_training_metrics_record_is_consistent():
 
 
 def test_cli_matches_the_makefile():
-    mk = Path(T.__file__).resolve().parents[2] / "Makefile"
+    mk = PACKAGE.parents[1] / "Makefile"
     if not mk.is_file():
         pytest.skip("no Makefile next to the package (installed elsewhere)")
-    assert "-m blendstudy.train --recipe tiny --out lib/blendstudy/weights/tiny_synthetic.pth" in mk.read_text()
+    assert "-m blendstudy.training --schedule tiny --out lib/blendstudy/weights/tiny_synthetic.pth" in mk.read_text()
     with pytest.raises(SystemExit):
-        T.main(["--recipe", "nope"])
+        cli.main(["--schedule", "nope"])
+
+
+def test_old_command_and_flag_still_work():
+    # `python -m blendstudy.train --recipe tiny` is the older spelling of the same command
+    assert train_alias.main is cli.main
+    for flag in ("--schedule", "--recipe"):
+        assert cli.build_parser().parse_args([flag, "tiny"]).schedule == "tiny"
+    with pytest.raises(SystemExit):
+        train_alias.main(["--recipe", "nope"])
 
 
 def test_lr_schedule_warms_up_and_decays():
-    r = T.RECIPES["tiny"]
-    assert T.lr_at(0, r) == pytest.approx(r.lr * 0.001)
-    assert T.lr_at(r.warmup, r) == pytest.approx(r.lr)
-    assert T.lr_at(r.iterations, r) == pytest.approx(r.lr * r.final_lr_frac)
+    s = SCHEDULES["tiny"]
+    assert lr_at(0, s) == pytest.approx(s.lr * 0.001)
+    assert lr_at(s.warmup, s) == pytest.approx(s.lr)
+    assert lr_at(s.iterations, s) == pytest.approx(s.lr * s.final_lr_frac)

@@ -1,5 +1,6 @@
 """Data layer: image reading, COCO datasets, image folders and the synthetic shapes dataset."""
 
+from .bad_images import write_bad_images
 from .coco import CocoDataset, DatasetError, ImageFolder
 from .images import IMAGE_EXTENSIONS, ImageReadError, list_images, read_image
 from .synthetic import (
@@ -10,7 +11,6 @@ from .synthetic import (
     SyntheticDataset,
     generate_synthetic_coco,
     render_synthetic_image,
-    write_bad_images,
 )
 
 __all__ = [

@@ -10,7 +10,7 @@ line, ``"<path>: <problem>"``) instead of somewhere later in a pipeline.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Sequence, Union
+from typing import List, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -71,6 +71,58 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"
 
 
+def _check_file(path: PathLike) -> Path:
+    """``path`` as a Path, after checking that it is a regular, non-empty file (ImageReadError if not)."""
+    p = Path(path)
+    if not p.exists():
+        raise ImageReadError(path, "no such file")
+    if not p.is_file():
+        raise ImageReadError(path, "not a regular file (a directory?)")
+    try:
+        size = p.stat().st_size
+    except OSError as exc:
+        raise ImageReadError(path, f"cannot stat file ({_describe(exc)})") from exc
+    if size == 0:
+        raise ImageReadError(path, "empty file (0 bytes)")
+    return p
+
+
+def _decode_rgb(path: PathLike, p: Path) -> Tuple[Image.Image, str]:
+    """Open and fully decode ``p``, undo its EXIF orientation and convert it to "RGB".
+
+    Returns the RGB image and the mode it was stored in; every failure is an ImageReadError
+    naming ``path``.
+    """
+    try:
+        with open(p, "rb") as f:
+            try:
+                image = Image.open(f)
+            except UnidentifiedImageError as exc:
+                raise ImageReadError(path, "not a recognised image format (PIL cannot identify it)") from exc
+            with image:
+                orientation = _exif_orientation(image)  # detectron2 reads EXIF before decoding
+                try:
+                    image.load()  # decode everything now: truncated data fails here
+                except (OSError, SyntaxError, EOFError, ValueError, IndexError) as exc:
+                    raise ImageReadError(
+                        path, f"truncated or corrupt {image.format or ''} image ({_describe(exc)})"
+                    ) from exc
+                method = _EXIF_TRANSPOSE.get(orientation)
+                oriented = image.transpose(method) if method is not None else image
+                mode = oriented.mode
+                try:
+                    rgb = oriented.convert("RGB")
+                except (ValueError, OSError) as exc:
+                    raise ImageReadError(path, f"unsupported image mode {mode!r} ({_describe(exc)})") from exc
+    except ImageReadError:
+        raise
+    except OSError as exc:
+        raise ImageReadError(path, f"cannot read file ({_describe(exc)})") from exc
+    except Exception as exc:  # any other PIL decoder failure
+        raise ImageReadError(path, f"cannot decode image ({_describe(exc)})") from exc
+    return rgb, mode
+
+
 def read_image(path: PathLike, format: str = "BGR") -> np.ndarray:
     """Read an image file the way detectron2's ``read_image(path, format)`` does.
 
@@ -108,46 +160,7 @@ def read_image(path: PathLike, format: str = "BGR") -> np.ndarray:
     """
     if format not in ("BGR", "RGB"):
         raise ValueError(f"format must be 'BGR' or 'RGB', got {format!r}")
-    p = Path(path)
-    if not p.exists():
-        raise ImageReadError(path, "no such file")
-    if not p.is_file():
-        raise ImageReadError(path, "not a regular file (a directory?)")
-    try:
-        size = p.stat().st_size
-    except OSError as exc:
-        raise ImageReadError(path, f"cannot stat file ({_describe(exc)})") from exc
-    if size == 0:
-        raise ImageReadError(path, "empty file (0 bytes)")
-
-    try:
-        with open(p, "rb") as f:
-            try:
-                image = Image.open(f)
-            except UnidentifiedImageError as exc:
-                raise ImageReadError(path, "not a recognised image format (PIL cannot identify it)") from exc
-            with image:
-                orientation = _exif_orientation(image)  # detectron2 reads EXIF before decoding
-                try:
-                    image.load()  # decode everything now: truncated data fails here
-                except (OSError, SyntaxError, EOFError, ValueError, IndexError) as exc:
-                    raise ImageReadError(
-                        path, f"truncated or corrupt {image.format or ''} image ({_describe(exc)})"
-                    ) from exc
-                method = _EXIF_TRANSPOSE.get(orientation)
-                oriented = image.transpose(method) if method is not None else image
-                mode = oriented.mode
-                try:
-                    rgb = oriented.convert("RGB")
-                except (ValueError, OSError) as exc:
-                    raise ImageReadError(path, f"unsupported image mode {mode!r} ({_describe(exc)})") from exc
-    except ImageReadError:
-        raise
-    except OSError as exc:
-        raise ImageReadError(path, f"cannot read file ({_describe(exc)})") from exc
-    except Exception as exc:  # any other PIL decoder failure
-        raise ImageReadError(path, f"cannot decode image ({_describe(exc)})") from exc
-
+    rgb, mode = _decode_rgb(path, _check_file(path))
     array = np.asarray(rgb, dtype=np.uint8)
     if array.ndim != 3 or array.shape[2] != 3:  # defensive: PIL "RGB" is always HxWx3
         raise ImageReadError(path, f"unexpected decoded shape {array.shape} from mode {mode!r}")
