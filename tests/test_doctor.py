@@ -15,6 +15,7 @@ import torch
 
 from blendstudy import device as devmod
 from blendstudy import doctor
+from blendstudy.doctor import environment as doctor_env  # where the package checks live
 
 CHECKS = ["device_resolves", "profile_pins_fit_python", "profile_pins_installed", "setuptools_editable",
           "mistune_nbconvert", "torch_requirements_met", "torch_autoload_guard", "torch_npu_loads", "torch_npu_deps",
@@ -77,10 +78,10 @@ def test_python_outside_the_profile_fails(monkeypatch):
 
 
 def test_old_setuptools_fails(monkeypatch):
-    monkeypatch.setattr(doctor, "_dist_version", lambda name: "58.1.0" if name == "setuptools" else None)
+    monkeypatch.setattr(doctor_env, "_dist_version", lambda name: "58.1.0" if name == "setuptools" else None)
     c = doctor._check_setuptools()
     assert c.status == "fail" and "58.1.0 < 64" in c.detail
-    monkeypatch.setattr(doctor, "_dist_version", lambda name: None)
+    monkeypatch.setattr(doctor_env, "_dist_version", lambda name: None)
     assert doctor._check_setuptools().status == "fail"
 
 
@@ -212,15 +213,15 @@ def test_a_cann_variable_naming_no_toolkit_fails_cann_sourced(monkeypatch, tmp_p
 
 
 def test_pins_installed_fails_when_pip_check_fails(monkeypatch):
-    monkeypatch.setattr(doctor, "_requirement_pins", lambda profile: {"torch": torch.__version__.split("+")[0]})
-    monkeypatch.setattr(doctor, "pip_check", lambda: [])
+    monkeypatch.setattr(doctor_env, "_requirement_pins", lambda profile: {"torch": torch.__version__.split("+")[0]})
+    monkeypatch.setattr(doctor_env, "pip_check", lambda: [])
     assert doctor._check_pins_installed("cpu").status == "pass"
-    monkeypatch.setattr(doctor, "pip_check",
+    monkeypatch.setattr(doctor_env, "pip_check",
                         lambda: ["pandas 3.1.1 has requirement numpy>=9, but you have numpy 2.4.6."])
     c = doctor._check_pins_installed("cpu")
     assert c.status == "fail" and "pip check" in c.detail and "numpy>=9" in c.detail
     # the npu profile's known x86_64 install (torch_npu --no-deps) is torch_npu_deps's to report, not a failure here
-    monkeypatch.setattr(doctor, "pip_check", lambda: ["torch-npu 2.8.0.post2 has requirement torch==2.8.0+cpu, "
-                                                      "but you have torch 2.8.0."])
+    monkeypatch.setattr(doctor_env, "pip_check", lambda: ["torch-npu 2.8.0.post2 has requirement torch==2.8.0+cpu, "
+                                                          "but you have torch 2.8.0."])
     assert doctor._check_pins_installed("cpu").status == "pass"
 

@@ -171,8 +171,42 @@ def export_onnx(model: BlendMask, out_dir: PathLike, input_size: Optional[Tuple[
     onnxruntime outputs off eager by more than rel_tolerance of an output's scale. lazy_attention:
     export the bbox towers instead of the attention (the host then computes it at the detections).
     """
-    from blendstudy.predictor import resolve_weights
+    config, name = _exportable(model, config, config_name)
+    sample = _trace_batch(model, input_size, dynamic, sample)
+    ckpt_path, sha = _checkpoint_digest(checkpoint)
+    model = model.eval()
+    wrapper = DenseWrapper(model, lazy_attention).eval()
+    names = output_names(wrapper.levels, lazy_attention)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    onnx_path = out / ONNX_FILE
+    export_seconds = _export_graph(wrapper, sample, onnx_path, names, opset, dynamic, name)
+    _check_graph(onnx_path)
+    with torch.no_grad():
+        shapes = {n: list(t.shape) for n, t in zip(names, wrapper(sample))}
+    verification = _verification(model, wrapper, onnx_path, sample, names, dynamic, verify, rel_tolerance)
+    meta: Dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "onnx": ONNX_FILE,
+        **_source_record(config, config_name, ckpt_path, sha),
+        **_graph_record(model, wrapper.levels, names, dynamic, tuple(sample.shape[-2:]), lazy_attention, shapes,
+                        opset),
+        "export_seconds": round(export_seconds, 3),
+        "verification": verification,
+    }
+    meta_path = write_meta(out, meta)  # written even when it fails: the errors are the diagnosis
+    _raise_if_off(onnx_path, verification["errors"], rel_tolerance)
+    return ExportResult(out, onnx_path, meta_path, meta, verification["errors"])
 
+
+# ----------------------------------------------------------------------------- export_onnx's parts
+
+
+def _exportable(model: BlendMask, config: Any, config_name: Optional[str]) -> Tuple[Any, str]:
+    """The checks before anything is traced: (the config, loaded from ``config_name`` when not
+    given; the name messages use). ExportError for a model that is no BlendMask, deformable
+    convolutions (in the config or the model) or parameters other than float32."""
     if config is None and config_name is not None:
         from blendstudy.config import load_config
 
@@ -189,6 +223,14 @@ def export_onnx(model: BlendMask, out_dir: PathLike, input_size: Optional[Tuple[
                           "blendstudy exports and verifies them on the runtimes (ONNX DeformConv is opset 19)")
     if any(p.dtype != torch.float32 for p in model.parameters()):
         raise ExportError("export_onnx needs a float32 model (build it without the float16/bfloat16 switch)")
+    return config, name
+
+
+def _trace_batch(model: BlendMask, input_size: Optional[Tuple[int, int]], dynamic: bool,
+                 sample: Optional[torch.Tensor]) -> torch.Tensor:
+    """The (1, 3, H, W) float32 batch to trace and verify with: ``sample`` checked against
+    ``input_size``, or made by sample_batch. H, W: ``input_size``, else the sample's, else (dynamic)
+    10x12 multiples of the size divisibility; ExportError unless positive multiples of it."""
     divisor = int(model.size_divisibility)
     if input_size is None:
         if not dynamic and sample is None:
@@ -199,34 +241,41 @@ def export_onnx(model: BlendMask, out_dir: PathLike, input_size: Optional[Tuple[
         raise ExportError(f"input_size {h}x{w} must be positive multiples of {divisor} (the backbone's size "
                           "divisibility; the pipeline pads to it)")
     if sample is None:
-        sample = sample_batch(model, (h, w))
-    elif tuple(sample.shape) != (1, 3, h, w) or sample.dtype != torch.float32:
+        return sample_batch(model, (h, w))
+    if tuple(sample.shape) != (1, 3, h, w) or sample.dtype != torch.float32:
         raise ExportError(f"sample must be a (1, 3, {h}, {w}) float32 batch, got {tuple(sample.shape)} "
                           f"{sample.dtype}")
+    return sample
+
+
+def _checkpoint_digest(checkpoint: Optional[str]) -> Tuple[Optional[Path], Optional[str]]:
+    """(the weights file ``checkpoint`` names, its sha256); (None, None) for random weights."""
+    from blendstudy.predictor import resolve_weights
+
     ckpt_path = resolve_weights(checkpoint)
-    sha = None
-    if ckpt_path is not None:
-        from blendstudy.checkpoint import file_sha256
+    if ckpt_path is None:
+        return None, None
+    from blendstudy.checkpoint import file_sha256
 
-        if not Path(ckpt_path).is_file():
-            raise ExportError(f"{ckpt_path}: no such checkpoint file (the weights to record in model.json)")
-        sha = file_sha256(ckpt_path)
+    if not Path(ckpt_path).is_file():
+        raise ExportError(f"{ckpt_path}: no such checkpoint file (the weights to record in model.json)")
+    return ckpt_path, file_sha256(ckpt_path)
 
-    model = model.eval()
-    wrapper = DenseWrapper(model, lazy_attention).eval()
-    levels = wrapper.levels
-    names = output_names(levels, lazy_attention)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    onnx_path = out / ONNX_FILE
+
+def _export_graph(wrapper: nn.Module, sample: torch.Tensor, onnx_path: Path, names: List[str], opset: int,
+                  dynamic: bool, name: str) -> float:
+    """Trace ``wrapper`` to ``onnx_path``; the seconds it took. The exporter's error as a one-line ExportError."""
     t0 = time.perf_counter()
     try:
         _torch_export(wrapper, sample, onnx_path, names, opset, dynamic)
     except Exception as e:  # the exporter's own errors are long; keep the first line
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ExportError(f"{name}: torch.onnx.export failed ({type(e).__name__}: {first})") from e
-    export_seconds = time.perf_counter() - t0
+    return time.perf_counter() - t0
 
+
+def _check_graph(onnx_path: Path) -> None:
+    """onnx.checker on the written graph; ExportError when onnx is missing or the checker rejects it."""
     try:
         import onnx
     except ImportError:
@@ -236,36 +285,76 @@ def export_onnx(model: BlendMask, out_dir: PathLike, input_size: Optional[Tuple[
     except onnx.checker.ValidationError as e:
         raise ExportError(f"{onnx_path}: onnx.checker rejects the graph ({str(e).splitlines()[0]})") from e
 
-    with torch.no_grad():
-        shapes = {n: list(t.shape) for n, t in zip(names, wrapper(sample))}
+
+def _verification(model: BlendMask, wrapper: nn.Module, onnx_path: Path, sample: torch.Tensor, names: List[str],
+                  dynamic: bool, verify: bool, rel_tolerance: float) -> Dict[str, Any]:
+    """model.json's "verification": onnxruntime against eager on ``sample`` and, for a dynamic graph,
+    on a second size (proving the graph is not frozen at the tracing size). ``passed``: every output
+    within ``rel_tolerance`` of its scale; None (and no errors) when ``verify`` is False."""
+    h, w = (int(v) for v in sample.shape[-2:])
     errors: Dict[str, Dict[str, float]] = {}
     verify_seconds = 0.0
     verified_sizes = [[h, w]]
     if verify:
         batches = [sample]
-        if dynamic:  # a second, different size proves the graph is not frozen at the tracing size
+        if dynamic:
+            divisor = int(model.size_divisibility)
             h2, w2 = h + 2 * divisor, w + divisor
             batches.append(sample_batch(model, (h2, w2), seed=1))
             verified_sizes.append([h2, w2])
         t1 = time.perf_counter()
         errors = verify_onnx(onnx_path, wrapper, batches, names)
         verify_seconds = time.perf_counter() - t1
+    return {
+        "runtime": "onnxruntime CPUExecutionProvider",
+        "sizes": verified_sizes if verify else [],
+        "rel_tolerance": rel_tolerance,
+        "seconds": round(verify_seconds, 3),
+        "errors": errors,
+        "passed": not _off(errors, rel_tolerance) if verify else None,
+    }
+
+
+def _off(errors: Dict[str, Dict[str, float]], rel_tolerance: float) -> Dict[str, Dict[str, float]]:
+    """The outputs whose error is not within ``rel_tolerance`` of their scale (NaN included)."""
+    return {n: e for n, e in errors.items() if not e["max_rel"] <= rel_tolerance}
+
+
+def _raise_if_off(onnx_path: Path, errors: Dict[str, Dict[str, float]], rel_tolerance: float) -> None:
+    """ExportError naming the worst output when any is off eager by more than ``rel_tolerance``."""
+    bad = _off(errors, rel_tolerance)
+    if bad:
+        worst = max(bad, key=lambda n: bad[n]["max_rel"])
+        e = bad[worst]
+        raise ExportError(f"{onnx_path}: onnxruntime differs from eager PyTorch in {len(bad)} output(s); worst "
+                          f"{worst}: max abs {e['max_abs']:.3g} = {e['max_rel']:.3g} of its scale "
+                          f"{e['scale']:.3g} > {rel_tolerance:g} (see {META_FILE})")
+
+
+def _source_record(config: Any, config_name: Optional[str], ckpt_path: Optional[Path], sha: Optional[str]
+                   ) -> Dict[str, Any]:
+    """model.json's record of what the graph was made from: config, network keys, checkpoint."""
     record = network_record(config) if config is not None else None
-    meta: Dict[str, Any] = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "onnx": ONNX_FILE,
-        "config": name if config_name is not None else None,
+    return {
+        "config": str(config_name) if config_name is not None else None,
         "network": record,
         "network_sha256": network_digest(record) if record is not None else None,
         "checkpoint": str(ckpt_path) if ckpt_path else None,
         "checkpoint_sha256": sha,
+    }
+
+
+def _graph_record(model: BlendMask, levels: List[str], names: List[str], dynamic: bool, trace_size: Tuple[int, int],
+                  lazy_attention: bool, shapes: Dict[str, List[int]], opset: int) -> Dict[str, Any]:
+    """model.json's record of the graph: its input (normalisation, sizes), outputs, opset, exporter, versions."""
+    h, w = int(trace_size[0]), int(trace_size[1])
+    return {
         "input_name": INPUT_NAME,
         "input_format": model.input_format,
         "dynamic": bool(dynamic),
         "input_size": None if dynamic else [h, w],
         "trace_size": [h, w],
-        "size_divisibility": divisor,
+        "size_divisibility": int(model.size_divisibility),
         "pixel_mean": [float(v) for v in model.pixel_mean.flatten().tolist()],
         "pixel_std": [float(v) for v in model.pixel_std.flatten().tolist()],
         "levels": levels,
@@ -276,22 +365,4 @@ def export_onnx(model: BlendMask, out_dir: PathLike, input_size: Optional[Tuple[
         "opset": int(opset),
         "exporter": f"{EXPORTER} (torch.onnx.export dynamo=False)",
         "versions": _versions(),
-        "export_seconds": round(export_seconds, 3),
-        "verification": {
-            "runtime": "onnxruntime CPUExecutionProvider",
-            "sizes": verified_sizes if verify else [],
-            "rel_tolerance": rel_tolerance,
-            "seconds": round(verify_seconds, 3),
-            "errors": errors,
-        },
     }
-    bad = {n: e for n, e in errors.items() if not e["max_rel"] <= rel_tolerance}
-    meta["verification"]["passed"] = not bad if verify else None
-    meta_path = write_meta(out, meta)  # written even when it fails: the errors are the diagnosis
-    if bad:
-        worst = max(bad, key=lambda n: bad[n]["max_rel"])
-        e = bad[worst]
-        raise ExportError(f"{onnx_path}: onnxruntime differs from eager PyTorch in {len(bad)} output(s); worst "
-                          f"{worst}: max abs {e['max_abs']:.3g} = {e['max_rel']:.3g} of its scale "
-                          f"{e['scale']:.3g} > {rel_tolerance:g} (see {META_FILE})")
-    return ExportResult(out, onnx_path, meta_path, meta, errors)

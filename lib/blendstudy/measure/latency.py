@@ -4,12 +4,14 @@ Every duration in this module is in MILLISECONDS (``*_ms`` names, and all fields
 :class:`LatencyStats` except ``n`` and ``throughput``). Every call is timed by the study's one
 device-synchronised clock (:func:`blendstudy.measure.clock.timed_call`). A paired A/B takes two
 "timers" (image index -> ms), so the two sides can be two pipelines of this process or two worker
-processes with different runtime settings (:mod:`blendstudy.measure.worker`).
+processes with different runtime settings (:mod:`blendstudy.measure.worker`); that protocol
+(:func:`paired_timers`, :class:`PairedComparison`, :func:`bootstrap_median_ci`) lives in
+:mod:`blendstudy.measure.paired` and is re-exported here.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -18,6 +20,8 @@ import torch
 from blendstudy.device import peak_memory_mb, reset_peak_memory
 from blendstudy.jsonable import to_jsonable
 from blendstudy.measure.clock import timed_call
+from blendstudy.measure.paired import PairedComparison, bootstrap_median_ci, paired_timers, progress_bar
+from blendstudy.measure.paired import Timer as Timer  # re-exported: the paired protocol lives in measure.paired
 
 Inputs = Union[Sequence[Any], Mapping[str, Any]]
 
@@ -111,12 +115,6 @@ def _as_named_inputs(inputs: Inputs) -> Tuple[List[str], List[Any]]:
     return [str(i) for i in range(len(items))], items
 
 
-def _progress(total: int, desc: Optional[str], enabled: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, disable=not enabled, leave=False)
-
-
 def measure_latency(
     fn: Callable[[Any], Any],
     inputs: Inputs,
@@ -142,7 +140,7 @@ def measure_latency(
         raise ValueError(f"need warmup >= 0 and repeats >= 1, got warmup={warmup}, repeats={repeats}")
 
     total = 1 + warmup + repeats * len(items)
-    with _progress(total, desc, progress) as bar:
+    with progress_bar(total, desc, progress) as bar:
         first_call_ms = timed_call(fn, items[0], device)
         bar.update(1)
         warmup_ms: List[float] = []
@@ -242,81 +240,6 @@ def tail_breakdown(run: LatencyRun, control: Optional[LatencyRun] = None) -> Tai
 # ----------------------------------------------------------------------------- paired comparison
 
 
-def bootstrap_median_ci(
-    values: Sequence[float], n_boot: int = 2000, seed: int = 0, confidence: float = 0.95
-) -> Tuple[float, float]:
-    """Percentile-bootstrap confidence interval of the median of ``values``.
-
-    Resamples ``values`` with replacement ``n_boot`` times (numpy ``default_rng(seed)``, so the
-    result is deterministic), takes each resample's median, and returns the
-    ((1-confidence)/2, (1+confidence)/2) quantiles of those medians.
-    """
-    x = np.asarray(list(values), dtype=np.float64)
-    if x.size == 0:
-        raise ValueError("bootstrap needs at least one value")
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, x.size, size=(int(n_boot), x.size))
-    medians = np.median(x[idx], axis=1)
-    alpha = (1.0 - confidence) / 2.0
-    lo, hi = np.quantile(medians, [alpha, 1.0 - alpha])
-    return float(lo), float(hi)
-
-
-@dataclass
-class PairedComparison:
-    """Pipeline B against pipeline A on the same images (interleaved per image).
-
-    a_ms, b_ms:  per-image MEDIAN latency over the rounds (ms), in input order.
-    speedup:     per-image ``a_ms / b_ms`` -- the speedup of B over A: > 1 means B is faster,
-                 0.5 means B takes twice as long.
-    median_speedup, ci_low, ci_high: median of ``speedup`` over images and its percentile-bootstrap
-                 confidence interval (resampling images; ``n_boot`` resamples, ``seed``).
-    a_rounds_ms, b_rounds_ms: raw latencies (ms) as [round][image].
-    """
-
-    name_a: str
-    name_b: str
-    labels: List[str]
-    a_ms: List[float]
-    b_ms: List[float]
-    speedup: List[float]
-    median_speedup: float
-    ci_low: float
-    ci_high: float
-    rounds: int
-    n_boot: int
-    seed: int
-    confidence: float = 0.95
-    a_rounds_ms: List[List[float]] = field(default_factory=list)
-    b_rounds_ms: List[List[float]] = field(default_factory=list)
-
-    @property
-    def median_a_ms(self) -> float:
-        return float(np.median(self.a_ms))
-
-    @property
-    def median_b_ms(self) -> float:
-        return float(np.median(self.b_ms))
-
-    def summary(self) -> str:
-        """One line, e.g. ``"B vs A: speedup 1.93x (95% CI 1.85-2.01), median 10.20 -> 5.29 ms,
-        12 images x 3 rounds"``."""
-        pct = int(round(self.confidence * 100))
-        return (
-            f"{self.name_b} vs {self.name_a}: speedup {self.median_speedup:.2f}x "
-            f"({pct}% CI {self.ci_low:.2f}-{self.ci_high:.2f}), median {self.median_a_ms:.2f} -> "
-            f"{self.median_b_ms:.2f} ms, {len(self.speedup)} images x {self.rounds} rounds"
-        )
-
-    def to_dict(self) -> Dict[str, Any]:
-        return to_jsonable(self)
-
-
-Timer = Callable[[int], float]  # image index -> one timed call of that image, in ms
-
-
 def paired_compare(
     fn_a: Callable[[Any], Any],
     fn_b: Callable[[Any], Any],
@@ -338,80 +261,6 @@ def paired_compare(
     return paired_timers(lambda i: timed_call(fn_a, items[i], dev), lambda i: timed_call(fn_b, items[i], dev),
                          labels, rounds=rounds, warmup=warmup, n_boot=n_boot, seed=seed, progress=progress,
                          name_a=name_a, name_b=name_b, confidence=confidence)
-
-
-def paired_timers(
-    time_a: Timer,
-    time_b: Timer,
-    labels: Sequence[str],
-    rounds: int = 3,
-    warmup: int = 2,
-    n_boot: int = 2000,
-    seed: int = 0,
-    progress: bool = True,
-    name_a: str = "A",
-    name_b: str = "B",
-    confidence: float = 0.95,
-) -> PairedComparison:
-    """The paired A/B protocol over two timers (image index -> ms of one call on that image).
-
-    First each side gets one first call plus ``warmup`` warm-up calls (alternating, not in the
-    result). Then, for every round and every image, A and B run back to back on that image;
-    which one goes first alternates with (round + image index) so neither systematically profits
-    from a warm cache or suffers from the other's leftovers. Per image the median over rounds is
-    kept; the reported speedup of B over A is ``a_ms / b_ms`` per image (see PairedComparison).
-    """
-    labels = [str(x) for x in labels]
-    if not labels:
-        raise ValueError("paired_compare needs at least one input")
-    if rounds < 1 or warmup < 0:
-        raise ValueError(f"need rounds >= 1 and warmup >= 0, got rounds={rounds}, warmup={warmup}")
-
-    n = len(labels)
-    total = 2 * (1 + warmup) + 2 * rounds * n
-    a_rounds: List[List[float]] = []
-    b_rounds: List[List[float]] = []
-    with _progress(total, f"{name_a} vs {name_b}", progress) as bar:
-        for i in range(1 + warmup):
-            order = (time_a, time_b) if i % 2 == 0 else (time_b, time_a)
-            for timer in order:
-                timer(i % n)
-                bar.update(1)
-        for r in range(rounds):
-            a_row: List[float] = []
-            b_row: List[float] = []
-            for i in range(n):
-                if (r + i) % 2 == 0:
-                    a_row.append(time_a(i))
-                    b_row.append(time_b(i))
-                else:
-                    b_row.append(time_b(i))
-                    a_row.append(time_a(i))
-                bar.update(2)
-            a_rounds.append(a_row)
-            b_rounds.append(b_row)
-
-    a_ms = np.median(np.asarray(a_rounds), axis=0)
-    b_ms = np.median(np.asarray(b_rounds), axis=0)
-    speedup = a_ms / np.maximum(b_ms, 1e-12)
-    lo, hi = bootstrap_median_ci(speedup, n_boot=n_boot, seed=seed, confidence=confidence)
-    return PairedComparison(
-        name_a=name_a,
-        name_b=name_b,
-        labels=labels,
-        a_ms=[float(v) for v in a_ms],
-        b_ms=[float(v) for v in b_ms],
-        speedup=[float(v) for v in speedup],
-        median_speedup=float(np.median(speedup)),
-        ci_low=lo,
-        ci_high=hi,
-        rounds=rounds,
-        n_boot=int(n_boot),
-        seed=int(seed),
-        confidence=confidence,
-        a_rounds_ms=a_rounds,
-        b_rounds_ms=b_rounds,
-    )
 
 
 __all__ = [
