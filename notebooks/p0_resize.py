@@ -41,7 +41,7 @@ max_images = None                    # cap on benchmark / evaluation images (Non
 # %%
 from IPython.display import Image, Markdown, display
 
-from blendstudy import report
+from blendstudy import stage_figures
 from blendstudy.measure.pixels import resize_difference_summary
 from blendstudy.study import protocol, sections
 
@@ -94,11 +94,6 @@ display(*sections.paired(study, result.comparisons))
 # %%
 display(*sections.accuracy(study, result.accuracy, result.gate, result.ap_note))
 
-# %%
-path = report.plot_latency_distribution(
-    result.samples_ms, study.figure("p0_resize_latency.png"), title="p0: per-image latency")
-display(Image(filename=str(path)))
-
 # %% [markdown]
 # ## The images themselves
 #
@@ -110,6 +105,13 @@ display(Image(filename=str(path)))
 # %%
 display(sections.show(study, resize_difference_summary(result.resize_difference), "Resized pixels: PIL vs device"))
 
+# %% [markdown]
+# ## What this run found
+#
+# Per image, the share of resized values that differ from PIL's and the largest, 99th-percentile and mean
+# difference in grey levels (`blendstudy.stage_figures.plot_pixel_difference`), the largest first.
+
 # %%
+path = stage_figures.plot_pixel_difference(result, study.figure("p0_resize_pixels.png"))
 display(Markdown(f"results: `{study.save('p0_resize', result)}`"))
-display(sections.finding(study, "p0_resize"))
+display(sections.finding(study, "p0_resize"), Image(filename=str(path)))

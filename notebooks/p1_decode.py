@@ -34,7 +34,7 @@ max_images = None                    # cap on benchmark / evaluation images (Non
 # %%
 from IPython.display import Image, Markdown, display
 
-from blendstudy import report
+from blendstudy import report, stage_figures
 from blendstudy.study import protocol, sections
 
 study = protocol.open_study(params_file, out_dir, max_images)  # a missing path stops here, naming it
@@ -86,11 +86,6 @@ display(*sections.paired(study, result.comparisons))
 # %%
 display(*sections.accuracy(study, result.accuracy, result.gate, result.ap_note))
 
-# %%
-path = report.plot_latency_distribution(
-    result.samples_ms, study.figure("p1_decode_latency.png"), title="p1: per-image latency")
-display(Image(filename=str(path)))
-
 # %% [markdown]
 # ## Decode + NMS, profiled alone
 #
@@ -107,6 +102,13 @@ path = report.plot_stage_breakdown(
     title="P1: stages before and after")
 display(Image(filename=str(path)))
 
+# %% [markdown]
+# ## What this run found
+#
+# `decode+NMS` against the rest of an image's stages, the previous stage's profile and P1's, with
+# the paired end-to-end speedup in the title (`blendstudy.stage_figures.plot_decode`).
+
 # %%
+path = stage_figures.plot_decode(result, study.figure("p1_decode_decode.png"))
 display(Markdown(f"results: `{study.save('p1_decode', result)}`"))
-display(sections.finding(study, "p1_decode"))
+display(sections.finding(study, "p1_decode"), Image(filename=str(path)))

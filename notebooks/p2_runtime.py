@@ -41,7 +41,7 @@ max_images = None                    # cap on benchmark / evaluation images (Non
 # %%
 from IPython.display import Image, Markdown, display
 
-from blendstudy import report, tables
+from blendstudy import report, stage_figures, tables
 from blendstudy.study import protocol, sections
 
 study = protocol.open_study(params_file, out_dir, max_images)  # a missing path stops here, naming it
@@ -78,11 +78,13 @@ display(tables.show(report.process_table({**result.processes, "this notebook's k
 # %%
 display(*sections.accuracy(study, result.accuracy, result.gate, result.ap_note))
 
-# %%
-path = report.plot_latency_distribution(
-    result.samples_ms, study.figure("p2_runtime_latency.png"), title="p2: per-image latency")
-display(Image(filename=str(path)))
+# %% [markdown]
+# ## What this run found
+#
+# Each setting's P50 (its P99 marked), each measured in its own process, fastest first, the best
+# highlighted (`blendstudy.stage_figures.plot_sweep`).
 
 # %%
+path = stage_figures.plot_sweep(result, study.figure("p2_runtime_sweep.png"))
 display(Markdown(f"results: `{study.save('p2_runtime', result)}`"))
-display(sections.finding(study, "p2_runtime"))
+display(sections.finding(study, "p2_runtime"), Image(filename=str(path)))

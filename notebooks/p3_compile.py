@@ -37,7 +37,7 @@ max_images = None                    # cap on benchmark / evaluation images (Non
 # %%
 from IPython.display import Image, Markdown, display
 
-from blendstudy import fallbacks, report
+from blendstudy import fallbacks, stage_figures
 from blendstudy.study import protocol, sections
 
 study = protocol.open_study(params_file, out_dir, max_images)  # a missing path stops here, naming it
@@ -89,11 +89,6 @@ display(*sections.paired(study, result.comparisons))
 # %%
 display(*sections.accuracy(study, result.accuracy, result.gate, result.ap_note))
 
-# %%
-path = report.plot_latency_distribution(
-    result.samples_ms, study.figure("p3_compile_latency.png"), title="p3: per-image latency")
-display(Image(filename=str(path)))
-
 # %% [markdown]
 # ## Compilation, reported apart: compiled shapes and eager fallbacks
 #
@@ -106,6 +101,13 @@ display(Image(filename=str(path)))
 display(sections.show(study, fallbacks.shape_table(result.compile)))
 display(Markdown(f"**Found:** {fallbacks.finding(result.compile)}"))
 
+# %% [markdown]
+# ## What this run found
+#
+# Per padded shape, its first call (the compile, where a graph was made) against a steady call of
+# the shape's first image, P3's and P2's; eager shapes in red (`blendstudy.stage_figures.plot_compile`).
+
 # %%
+path = stage_figures.plot_compile(result, study.figure("p3_compile_shapes.png"))
 display(Markdown(f"results: `{study.save('p3_compile', result)}`"))
-display(sections.finding(study, "p3_compile"))
+display(sections.finding(study, "p3_compile"), Image(filename=str(path)))

@@ -36,7 +36,7 @@ max_images = None                    # cap on benchmark / evaluation images (Non
 # %%
 from IPython.display import Image, Markdown, display
 
-from blendstudy import fallbacks, report
+from blendstudy import fallbacks, report, stage_figures
 from blendstudy.study import protocol, sections
 
 study = protocol.open_study(params_file, out_dir, max_images)  # a missing path stops here, naming it
@@ -88,11 +88,6 @@ display(*sections.paired(study, result.comparisons))
 # %%
 display(*sections.accuracy(study, result.accuracy, result.gate, result.ap_note))
 
-# %%
-path = report.plot_latency_distribution(
-    result.samples_ms, study.figure("p4_pad64_latency.png"), title="p4: per-image latency")
-display(Image(filename=str(path)))
-
 # %% [markdown]
 # ## Distinct shapes, compiled graphs and eager fallbacks
 #
@@ -110,14 +105,15 @@ display(Markdown(f"dynamo counters: `{result.dynamo_counters}`"))
 # %% [markdown]
 # ## Beyond the seed
 #
-# Recipes on top of P4 (`extras` of the params): seed 001's fp16 network (`half`: fp16 on
-# accelerators, bf16 on a CPU) and its mixed form (`mixed_half`: backbone, FPN and bases in half,
-# the FCOS head and all after it fp32), raw masks (no full-image paste, the mask probabilities with
-# their boxes), Conv-BN folding (004), and `lazy_attention` (BlendMask's top layer computed at the
-# detections left after NMS instead of at every FPN location). `best` / `best_cpu` combine them
-# (`blendstudy.optimize.RECIPES`). Each: latency, the gate against the baseline (AP included), and
-# the stage profile at seed 001's two sizes, where raw masks matter most (its mask post-processing:
-# 15.74 → 1.74 ms at 1333×800, 173.72 → 2.99 ms at 3840×2304).
+# Recipes on top of P4: the ones the params' `extras` list names. A recipe is a list of named
+# switches: the recipes are defined in `blendstudy.optimize.RECIPES` (P4 plus one switch each, and
+# the chains `best` and `best_cpu`), what each switch changes in `blendstudy.optimize.SWITCHES` --
+# among them seed 001's half precision and raw masks (no full-image paste), 004's Conv-BN folding,
+# BlendMask's top layer computed only at the detections left after NMS, and the blender in
+# cache-sized chunks. A switch this device cannot run is skipped; a recipe that is then the same
+# pipeline as another says so in the table. Each: latency, the gate against the baseline (AP
+# included), and the stage profile at seed 001's two sizes, where raw masks matter most (its mask
+# post-processing: 15.74 → 1.74 ms at 1333×800, 173.72 → 2.99 ms at 3840×2304).
 
 # %%
 result.extras = protocol.run_extras(study, "p4")  # the same worker as the stage
@@ -158,6 +154,14 @@ display(Image(filename=str(path)))
 display(*sections.roofline(study, result.extras.roofline, "p4_roofline.png", "P4 and beyond: each part's FLOP/s, "
                                                                                "% of its peak"))
 
+# %% [markdown]
+# ## What this run found
+#
+# The distinct padded shapes at the previous stage's padding and at 64 (sized by their images, eager
+# ones crossed), and the fastest recipe's tail split into the images' part and the machine's
+# (`blendstudy.stage_figures.plot_shapes_and_tail`).
+
 # %%
+path = stage_figures.plot_shapes_and_tail(result, study.figure("p4_pad64_shapes_tail.png"))
 display(Markdown(f"results: `{study.save('p4_pad64', result)}`"))
-display(sections.finding(study, "p4_pad64"))
+display(sections.finding(study, "p4_pad64"), Image(filename=str(path)))
