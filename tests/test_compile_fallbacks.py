@@ -1,5 +1,6 @@
 """P3 as the seed measured it: dynamo's default recompile limit, shapes past it eager (counted per
-image); P4 raises the limit to 32. study.steps.warm_shapes on the tiny model with dynamo's "eager"
+image); P4 raises the limit to 32, each for its own compiled parts only (the process's dynamo
+setting stays as it is). study.steps.warm_shapes on the tiny model with dynamo's "eager"
 backend (what is compiled is a graph either way; no inductor build in a unit test), and the
 finding of blendstudy.fallbacks."""
 
@@ -39,11 +40,13 @@ def _graph(rows):
 
 
 def test_p3_keeps_dynamos_default_limit_and_runs_the_shapes_past_it_eager(study, dynamo_limit):
+    process_limit = dynamo_limit.recompile_limit
     pipe = optimize.build_pipeline(study.base, "p3")
     assert pipe.recipe_info["compile"].recompile_limit == 2  # dynamo's default (patched), not raised
     rows = warm_shapes(study.ctx, "p3", pipe)
     assert _graph(rows) == [((384, 512), "compiled", 2), ((384, 576), "compiled", 1), ((512, 384), "eager", 1)]
-    assert {r["recompile limit"] for r in rows} == {2} and dynamo_limit.recompile_limit == 2
+    assert {r["recompile limit"] for r in rows} == {2}
+    assert dynamo_limit.recompile_limit == process_limit  # the limit was P3's backbone's own
     assert all(r["pad multiple"] == 32 and r["first call ms"] > 0 for r in rows)
     # the eager shape stays eager: calling it again compiles nothing
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
@@ -56,13 +59,19 @@ def test_p3_keeps_dynamos_default_limit_and_runs_the_shapes_past_it_eager(study,
 
 
 def test_p4_raises_the_limit_to_32_even_after_p3_hit_its_own_in_the_same_process(study, dynamo_limit):
+    process_limit = dynamo_limit.recompile_limit
     p3 = optimize.build_pipeline(study.base, "p3")
-    p4 = optimize.build_pipeline(study.base, "p4")  # sets the process-wide knob to 32 when built ...
+    p4 = optimize.build_pipeline(study.base, "p4")  # P4's limit is its backbone's own ...
+    assert dynamo_limit.recompile_limit == process_limit
     assert [r["graph"] for r in warm_shapes(study.ctx, "p3", p3)].count("eager") == 1  # ... P3 still gets 2
     rows = warm_shapes(study.ctx, "p4", p4)
     assert p4.recipe_info["compile"].recompile_limit == optimize.RECOMPILE_LIMIT == 32
     assert _graph(rows) == [((384, 512), "compiled", 2), ((384, 576), "compiled", 1), ((512, 384), "compiled", 1)]
-    assert {r["recompile limit"] for r in rows} == {32} and dynamo_limit.recompile_limit == 32
+    assert {r["recompile limit"] for r in rows} == {32} and dynamo_limit.recompile_limit == process_limit
+    # and P3, called again after P4 ran, still has only its own two graphs: its third shape stays eager
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    p3(study.ctx.images["c"])
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
     assert all(r["pad multiple"] == 64 for r in rows)
     assert fallbacks.finding(rows) == ("p4 (recompile limit 32, pad 64): 3 shapes, all compiled; none of the 4 "
                                        "benchmark images ran eager.")

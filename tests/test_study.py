@@ -5,6 +5,7 @@ and the accuracy gate decided once with the params' thresholds."""
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -50,8 +51,8 @@ def test_every_params_file_loads(path):
     assert params.model.config
     for section in ("benchmark", "val"):
         assert section in params.data, section
-    assert isinstance(params.data.benchmark, dict)  # attribute access gives nested nodes
-    assert isinstance(params.get("runtime", {}), dict)
+    assert isinstance(params.data.benchmark, Mapping)  # attribute access gives nested (read-only mapping) nodes
+    assert isinstance(params.get("runtime", {}), Mapping)
 
 
 def test_params_by_relative_name_from_the_repo_root():
@@ -68,17 +69,19 @@ def test_npu_params_inherit_from_r101_coco():
 
 def test_base_merging(tmp_path):
     (tmp_path / "sub").mkdir()
-    (tmp_path / "base.yaml").write_text("a: {x: 1, y: 2, deep: {k: 1, l: 2}}\nb: 1\nlist: [1, 2]\n")
-    (tmp_path / "sub" / "mid.yaml").write_text("_BASE_: ../base.yaml\na: {y: 3}\nc: mid\n")
-    (tmp_path / "sub" / "child.yaml").write_text("_BASE_: mid.yaml\na: {deep: {l: 5}}\nlist: [9]\n")
+    (tmp_path / "base.yaml").write_text("model: {config: x, weights: w}\ntiming: {warmup: 1, repeats: 2}\n"
+                                        "runtime: {env: {A: '1', B: '2'}}\nextras: [p4, best]\n")
+    (tmp_path / "sub" / "mid.yaml").write_text("_BASE_: ../base.yaml\ntiming: {repeats: 3}\ndevice: cpu\n")
+    (tmp_path / "sub" / "child.yaml").write_text("_BASE_: mid.yaml\nruntime: {env: {B: '5'}}\nextras: [p1]\n")
     p = StudyParams.load(tmp_path / "sub" / "child.yaml")
     assert p.name == "child"
-    assert p.a.x == 1 and p.a.y == 3 and p.a.deep.k == 1 and p.a.deep.l == 5
-    assert p.b == 1 and p.c == "mid" and p.list == [9]  # lists replace, mappings merge
+    assert p.timing.warmup == 1 and p.timing.repeats == 3 and p.runtime.env == {"A": "1", "B": "5"}
+    assert p.model.weights == "w" and p.device == "cpu" and p.extras == ["p1"]  # lists replace, mappings merge
     with pytest.raises(AttributeError):
         _ = p.missing
-    o = StudyParams.load(tmp_path / "sub" / "child.yaml", overrides={"a": {"x": 7}, "b": None})
-    assert o.a.x == 7 and o.a.y == 3 and o.b is None
+    o = StudyParams.load(tmp_path / "sub" / "child.yaml",
+                         overrides={"timing": {"warmup": 7}, "model": {"weights": None}})
+    assert o.timing.warmup == 7 and o.timing.repeats == 3 and o.model.weights is None
 
 
 def test_base_cycle(tmp_path):

@@ -36,6 +36,7 @@ __all__ = [
     "list_shipped_configs",
     "load_config",
     "load_defaults",
+    "read_base_chain",
     "shipped_config_path",
 ]
 
@@ -348,30 +349,47 @@ def load_defaults() -> Config:
     return Config(_defaults_tree())
 
 
-def _apply_file(tree: Dict[str, Any], path: Path, chain: Tuple[Path, ...]) -> None:
-    """Merge the config file at ``path`` (after its ``_BASE_`` chain) into ``tree``."""
-    display = _display(path)
-    data = _read_yaml(path, display)
+def read_base_chain(path: Path, read: Callable[[Path], Dict[Any, Any]], error: Callable[[Path, str], Exception],
+                    chain: Tuple[Path, ...] = ()) -> List[Tuple[Path, Dict[Any, Any]]]:
+    """The files of ``path``'s ``_BASE_`` chain, bases first: ``[(resolved path, its mapping without
+    _BASE_), ...]`` -- the one ``_BASE_`` loader of AdelaiDet configs (here) and of study params files
+    (blendstudy.study.params).
+
+    ``_BASE_`` is a file name or a list of them, relative to the including file (``~`` expanded);
+    ``read(path)`` returns a file's top-level mapping (raising its own error for a missing file or
+    bad YAML); ``error(path, message)`` makes the exception raised, naming the including file, for
+    a malformed ``_BASE_``, a cycle or a missing base file. Nothing is merged here.
+    """
+    path = path.resolve()
+    data = dict(read(path))
     base = data.pop(_BASE_KEY, None)
+    files: List[Tuple[Path, Dict[Any, Any]]] = []
     if base is not None:
         bases = [base] if isinstance(base, str) else base
         if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
-            raise ConfigError(f"{display}: {_BASE_KEY} must be a file name, got {base!r}", display, _BASE_KEY)
+            raise error(path, f"{_BASE_KEY} must be a file name, got {base!r}")
         for name in bases:
             base_path = Path(os.path.expanduser(name))
             if not base_path.is_absolute():
                 base_path = path.parent / base_path
             base_path = base_path.resolve()
             if base_path in chain or base_path == path:
-                raise ConfigError(f"{display}: {_BASE_KEY} cycle through {name!r}", display, _BASE_KEY)
+                raise error(path, f"{_BASE_KEY} cycle through {name!r}")
             if not base_path.is_file():
-                raise ConfigError(
-                    f"{display}: {_BASE_KEY} file {name!r} not found (looked for {base_path})",
-                    display,
-                    _BASE_KEY,
-                )
-            _apply_file(tree, base_path, chain + (path,))
-    _merge_into(tree, data, "", display)
+                raise error(path, f"{_BASE_KEY} file {name!r} not found (looked for {base_path})")
+            files.extend(read_base_chain(base_path, read, error, chain + (path,)))
+    files.append((path, data))
+    return files
+
+
+def _base_error(path: Path, message: str) -> ConfigError:
+    return ConfigError(f"{_display(path)}: {message}", _display(path), _BASE_KEY)
+
+
+def _apply_file(tree: Dict[str, Any], path: Path) -> None:
+    """Merge the config file at ``path`` (after its ``_BASE_`` chain) into ``tree``."""
+    for file, data in read_base_chain(path, lambda p: _read_yaml(p, _display(p)), _base_error):
+        _merge_into(tree, data, "", _display(file))
 
 
 def shipped_config_path(name: str) -> Path:
@@ -439,7 +457,7 @@ def load_config(path_or_name: PathLike, overrides: Optional[Overrides] = None, c
     path = _resolve(path_or_name)
     display = _display(path)
     tree = copy.deepcopy(_defaults_tree())
-    _apply_file(tree, path, ())
+    _apply_file(tree, path)
     if overrides:
         _apply_overrides(tree, overrides, f"{display} (overrides)")
     cfg = Config(tree)

@@ -1,18 +1,23 @@
-"""Everything that differs between npu, cuda and cpu lives here.
+"""The device layer: finding, starting and describing an npu, cuda or cpu device, and what each
+cannot run.
 
 The rest of the code says `dev = resolve_device("auto")`, `synchronize(dev)`, `peak_memory_mb(dev)`;
-what a device cannot run is said here once (`unsupported_switch`). NPU facts are cited from docs/npu.md.
+which optimization switches a device cannot run, and why, is said here once (`unsupported_switch`).
+Where a computation itself takes a different path on a device type it says so where it computes
+(e.g. the CPU's uint8 resize in blendstudy.pipeline, the half dtype in blendstudy.optimize, the cuda
+flags of blendstudy.runtime, the kernels of blendstudy.ops). NPU facts are cited from docs/npu.md.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import re
 import subprocess
 import sys
 from functools import lru_cache
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
 
@@ -160,7 +165,7 @@ def current_index(device: torch.device) -> Optional[int]:
         return None
 
 
-#: switches a device cannot run, with why (the lead's optimize.py skips them with this reason)
+#: switches a device cannot run, with why (blendstudy.optimize skips them with this reason)
 _UNSUPPORTED: Dict[str, Dict[str, str]] = {
     # docs/npu.md "Devices, formats, versions": torch_npu creates contiguous tensors only
     "npu": {"channels_last": "torch_npu creates contiguous NPU tensors only (\"Only c10::MemoryFormat::Contiguous "
@@ -253,16 +258,46 @@ def default_compile_backend(device: torch.device) -> str:
     return "npu" if device.type == "npu" else "inductor"
 
 
-def set_recompile_limit(limit: int) -> str:
-    """Raise dynamo's per-code recompile limit; the knob is `recompile_limit` in newer torch and
-    `cache_size_limit` before (~2.6). Returns the name that was set."""
+def recompile_limit_knob() -> str:
+    """The name of dynamo's per-code recompile limit: `recompile_limit` in newer torch,
+    `cache_size_limit` before (~2.6)."""
     import torch._dynamo.config as dcfg
 
     for name in ("recompile_limit", "cache_size_limit"):
         if hasattr(dcfg, name):
-            setattr(dcfg, name, int(limit))
             return name
     raise RuntimeError("this torch has neither recompile_limit nor cache_size_limit")
+
+
+def set_recompile_limit(limit: int) -> str:
+    """Set dynamo's per-code recompile limit for the whole process (recompile_limit_knob). Returns the
+    name that was set. The study does not: each compiled part runs under its own limit
+    (under_recompile_limit)."""
+    import torch._dynamo.config as dcfg
+
+    name = recompile_limit_knob()
+    setattr(dcfg, name, int(limit))
+    return name
+
+
+def under_recompile_limit(fn: Callable[..., Any], limit: int) -> Callable[..., Any]:
+    """``fn`` (a compiled module's forward) called with dynamo's recompile limit at ``limit`` and set
+    back afterwards: dynamo reads the limit when a call meets a shape it has no graph for, so each
+    compiled part keeps its own limit whatever the process's is."""
+    import torch._dynamo.config as dcfg
+
+    name = recompile_limit_knob()
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        saved = getattr(dcfg, name)
+        setattr(dcfg, name, int(limit))
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            setattr(dcfg, name, saved)
+
+    return call
 
 
 def _toolkit_roots() -> List[str]:

@@ -1,24 +1,40 @@
-"""The optimizations as named, composable switches, and the study's stage recipes as data.
+"""The optimizations as named, composable switches, and the study's recipes as data.
 
-`build_pipeline(loaded, "p4")` returns a new Pipeline on a copy of the model with the recipe's
-switches applied; the baseline pipeline is untouched, so both can be measured side by side.
+A switch is a name and the InferenceOptions fields it sets (``Switch.sets``); a recipe is a list of
+switch names. `recipe_options` turns a recipe into one InferenceOptions for a device, checking it in
+one place (unknown switches, switches the device cannot run: blendstudy.device.unsupported_switch,
+switches that exclude each other), and `build_pipeline(loaded, "p4")` returns a new Pipeline on a
+model built for those options; the baseline pipeline is untouched, so both can be measured side by
+side. Adding a switch: docs/adding_a_switch.md.
 """
 
 from __future__ import annotations
 
-import copy
-import types
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
-from torch import nn
 
 from blendstudy import device as devmod
-from blendstudy.model.blendmask import BlendMask
-from blendstudy.model.layers import ConvNorm, FrozenBatchNorm2d
+from blendstudy.options import HOST_FIELDS, InferenceOptions
 from blendstudy.pipeline import Pipeline
 from blendstudy.runtime import apply_in_process
+from blendstudy.transforms import (  # noqa: F401  (the switches' tools, importable from here as before)
+    CompileInfo,
+    HalfIO,
+    default_recompile_limit,
+    fold_frozen_bn,
+    half_tower_convs,
+    own_forward,
+    prepare_model,
+)
+
+#: a value of Switch.sets: the device's half dtype (half_dtype)
+HALF = "<half dtype of the device>"
+
+BLEND_CHUNK = 16  # detections per blender chunk (blend_chunks): small enough to stay in the heap and the cache
+RECOMPILE_LIMIT = 32
+PAD_MULTIPLE = 64
 
 
 @dataclass(frozen=True)
@@ -26,42 +42,52 @@ class Switch:
     name: str
     stage: str          # the seed's stage it belongs to ("P0".."P4") or "extra"
     description: str
+    #: the InferenceOptions fields it sets (tuple fields: added to what earlier switches set)
+    sets: Mapping[str, Any] = field(default_factory=dict)
+    #: switches it cannot be combined with
+    excludes: Tuple[str, ...] = ()
 
 
-BLEND_CHUNK = 16  # detections per blender chunk (blend_chunks): 16 x 4 bases x 56 x 56 floats = 800 KB
+_WHOLE_MODEL = ("backbone", "proposal_generator", "basis_module")
 
 SWITCHES: Dict[str, Switch] = {s.name: s for s in [
     Switch("device_resize", "P0", "shortest-edge resize as bilinear F.interpolate on the device instead of PIL "
-                                  "on the CPU (the seed: 34.8 ms of CPU resize removed); on a CPU device in "
-                                  "uint8, as PIL"),
+                                  "on the CPU (the seed's largest single step); on a CPU device in uint8, as PIL",
+           {"resize": "device"}),
     Switch("sync_free_decode", "P1", "FCOS decode + NMS with fixed shapes: no .cpu()/.item()/nonzero until the "
-                                     "results are extracted"),
+                                     "results are extracted", {"decode": "sync_free"}),
     Switch("runtime", "P2", "the best runtime setting of the P2 sweep (npu: TASK_QUEUE_ENABLE, core binding, "
-                            "OMP threads; cuda: cudnn.benchmark, TF32; cpu: threads, affinity)"),
+                            "OMP threads; cuda: cudnn.benchmark, TF32; cpu: threads, affinity)", {"runtime": True}),
     Switch("compile_backbone", "P3", "torch.compile(backbone, dynamic=False): backend 'npu' (torchair) on Ascend, "
                                      "inductor elsewhere; dynamo's default recompile limit (8): shapes past "
-                                     "it run eager"),
+                                     "it run eager", {"compile_targets": ("backbone",)}),
     Switch("pad64", "P4", "pad inputs to a multiple of 64 so fewer distinct shapes reach the compiled graph; "
-                          "dynamo recompile limit raised to 32"),
+                          f"dynamo recompile limit raised to {RECOMPILE_LIMIT}",
+           {"pad_multiple": PAD_MULTIPLE, "recompile_limit": RECOMPILE_LIMIT}),
     Switch("fold_bn", "extra", "fold FrozenBN into the preceding conv's weight and bias (004's Conv-BN fusion; "
-                               "exact in fp32 up to rounding)"),
+                               "exact in fp32 up to rounding)", {"fold_bn": True}),
     Switch("half", "extra", "network in half precision: fp16 on npu/cuda, bf16 on cpu (decode, ROIAlign and "
-                            "paste stay fp32)"),
+                            "paste stay fp32)", {"dtype": HALF}, excludes=("mixed_half", "half_towers")),
     Switch("mixed_half", "extra", "backbone, FPN and basis module in half precision (bf16 on cpu, fp16 on npu/cuda); "
-                                  "the FCOS head, whose box regression needs the mantissa, and all after it fp32"),
+                                  "the FCOS head, whose box regression needs the mantissa, and all after it fp32",
+           {"half_parts": ("backbone", "basis_module"), "half_dtype": HALF}),
     Switch("half_towers", "extra", "the FCOS head's tower convolutions in half precision (bf16 on cpu, fp16 on "
-                                   "npu/cuda); their GroupNorm, the predictors and all after them stay fp32"),
-    Switch("channels_last", "extra", "NHWC memory format for the convolutions"),
+                                   "npu/cuda); their GroupNorm, the predictors and all after them stay fp32",
+           {"half_parts": ("tower_convs",), "half_dtype": HALF}),
+    Switch("channels_last", "extra", "NHWC memory format for the convolutions", {"channels_last": True}),
     Switch("lazy_attention", "extra", "BlendMask's top layer (the attention conv) evaluated only at the detections "
-                                      "left after NMS instead of at every FPN location"),
+                                      "left after NMS instead of at every FPN location", {"lazy_attention": True}),
     Switch("blend_matmul", "extra", "the blender's bilinear upsampling of the attention (A x A -> 56 x 56) as two "
-                                    "small matmuls with the fixed weights instead of F.interpolate"),
+                                    "small matmuls with the fixed weights instead of F.interpolate",
+           {"blend_upsample": "matmul"}),
     Switch("blend_chunks", "extra", f"the blender takes the detections {BLEND_CHUNK} at a time into one output: "
-                                    "cache-sized temporaries instead of 5 MB ones that a CPU's allocator returns "
-                                    "to the OS and page-faults back in on every image"),
+                                    "cache-sized temporaries instead of multi-megabyte ones that a CPU's allocator "
+                                    "returns to the OS and page-faults back in on every image",
+           {"blend_chunk": BLEND_CHUNK}),
     Switch("raw_masks", "extra", "return the 56x56 mask probabilities with their boxes; paste full-image masks "
-                                 "only on demand (001's raw-mask head)"),
-    Switch("compile_model", "extra", "torch.compile of backbone, head and basis module together"),
+                                 "only on demand (001's raw-mask head)", {"raw_masks": True}),
+    Switch("compile_model", "extra", "torch.compile of backbone, head and basis module together",
+           {"compile_targets": _WHOLE_MODEL}),
 ]}
 
 _P = ["device_resize", "sync_free_decode", "runtime", "compile_backbone", "pad64"]
@@ -90,18 +116,52 @@ RECIPES: Dict[str, List[str]] = {
 }
 STAGE_RECIPES = ["baseline", "p0", "p1", "p2", "p3", "p4"]
 
+#: The recipes measured beyond the seed's chain (P4's extras), named once; a params file's ``extras``
+#: is one of these names or an explicit list of recipes (extra_recipes).
+EXTRA_RECIPES: Dict[str, List[str]] = {
+    # the embedded default study: seed 001's half-precision and raw-mask steps, lazy attention and
+    # the two best chains; p4+fold_bn and p4+blend_chunks alone are left out to pay for the gate's
+    # images (their switches are measured inside best / best_cpu)
+    "default": ["p4+half", "p4+mixed_half", "p4+half_towers", "p4+lazy_attention", "p4+raw_masks", "best",
+                "best_cpu"],
+    # the R_101_3x studies (the seed's network, meant for an accelerator): Conv-BN folding alone too,
+    # no CPU chain
+    "r101": ["p4+fold_bn", "p4+half", "p4+mixed_half", "p4+half_towers", "p4+lazy_attention", "p4+raw_masks",
+             "best"],
+    # the few-minute check of every code path (params/ci.yaml)
+    "ci": ["p4+raw_masks", "best_cpu"],
+}
+
+
+def extra_recipes(extras: Union[None, str, Sequence[str]]) -> List[str]:
+    """A params file's ``extras``: the name of a list of EXTRA_RECIPES, or a list of recipes; every
+    recipe checked (recipe_switches)."""
+    if isinstance(extras, str):
+        if extras not in EXTRA_RECIPES:
+            raise ValueError(f"unknown extras {extras!r}; named lists: {', '.join(EXTRA_RECIPES)} "
+                             "(or a list of recipes)")
+        recipes = list(EXTRA_RECIPES[extras])
+    else:
+        recipes = list(extras or [])
+    for r in recipes:
+        recipe_switches(r)
+    return recipes
+
+
+def _is_host(switch: Switch) -> bool:
+    return any(name in HOST_FIELDS for name in switch.sets)
+
+
 #: Switches that act on the host side only (pre-processing, decode, blender, paste, padding): what
 #: still applies when an offline runtime runs the network (P6). The network's own switches
 #: (compile, fold_bn, half precision, channels_last, lazy_attention) are the offline model's business.
-HOST_SWITCHES = ("device_resize", "sync_free_decode", "runtime", "pad64", "raw_masks", "blend_matmul", "blend_chunks")
+#: Derived from what each switch sets (options.HOST_FIELDS).
+HOST_SWITCHES = tuple(name for name, s in SWITCHES.items() if _is_host(s))
 
 
 def host_switches(recipe: Union[str, Sequence[str]]) -> List[str]:
     """The recipe's host-side switches (HOST_SWITCHES), in its order."""
     return [n for n in recipe_switches(recipe) if n in HOST_SWITCHES]
-
-RECOMPILE_LIMIT = 32
-PAD_MULTIPLE = 64
 
 
 def recipe_switches(recipe: Union[str, Sequence[str]]) -> List[str]:
@@ -127,196 +187,55 @@ def half_dtype(device: torch.device) -> str:
     return "bfloat16" if device.type == "cpu" else "float16"
 
 
-def _bn_scale_shift(norm: nn.Module) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
-    if isinstance(norm, FrozenBatchNorm2d):
-        return norm.scale_and_shift()
-    if isinstance(norm, nn.BatchNorm2d) and not norm.training and norm.track_running_stats:
-        weight = norm.weight if norm.affine else torch.ones_like(norm.running_var)
-        bias = norm.bias if norm.affine else torch.zeros_like(norm.running_mean)
-        scale = weight * (norm.running_var + norm.eps).rsqrt()
-        return scale, bias - norm.running_mean * scale
-    return None
+_TUPLE_FIELDS = {f.name for f in fields(InferenceOptions) if f.default == ()}
 
 
-def _fold_into(conv: nn.Conv2d, scale: torch.Tensor, shift: torch.Tensor) -> None:
-    with torch.no_grad():
-        w = conv.weight * scale.reshape(-1, 1, 1, 1)
-        b = shift if conv.bias is None else conv.bias * scale + shift
-        conv.weight = nn.Parameter(w.detach())
-        conv.bias = nn.Parameter(b.detach())
+def apply_switch(options: InferenceOptions, switch: Switch, device: torch.device) -> InferenceOptions:
+    """``options`` with what ``switch`` sets (HALF: the device's half dtype; tuple fields added to)."""
+    changes: Dict[str, Any] = {}
+    for name, value in switch.sets.items():
+        value = half_dtype(device) if value == HALF else value
+        if name in _TUPLE_FIELDS:
+            value = tuple(dict.fromkeys(tuple(getattr(options, name)) + tuple(value)))
+        changes[name] = value
+    return replace(options, **changes)
 
 
-def fold_frozen_bn(model: nn.Module) -> int:
-    """Fold every FrozenBN / eval BatchNorm that directly follows a conv into that conv: the
-    backbone's ConvNorm layers and the (conv, BN) pairs of nn.Sequential blocks (the basis module).
-    Returns the number of folded layers. w' = w * s, b' = b * s + (beta - mean * s),
-    s = gamma / sqrt(var + eps). Folded BN layers become nn.Identity, so the copy's state dict
-    no longer matches a checkpoint (build_pipeline folds a copy)."""
-    count = 0
-    for m in list(model.modules()):
-        if isinstance(m, ConvNorm) and m.norm is not None:
-            ss = _bn_scale_shift(m.norm)
-            if ss is None:
-                continue
-            _fold_into(m, *ss)
-            m.norm = None
-            count += 1
-        elif isinstance(m, nn.Sequential):
-            for i in range(1, len(m)):
-                prev, cur = m[i - 1], m[i]
-                if type(prev) is nn.Conv2d and prev.groups == 1:
-                    ss = _bn_scale_shift(cur)
-                    if ss is not None:
-                        _fold_into(prev, *ss)
-                        m[i] = nn.Identity()
-                        count += 1
-    return count
-
-
-def _cast(x: Any, dtype: torch.dtype) -> Any:
-    if isinstance(x, torch.Tensor):
-        return x.to(dtype) if x.is_floating_point() else x
-    if isinstance(x, dict):
-        return {k: _cast(v, dtype) for k, v in x.items()}
-    return x
-
-
-class HalfIO(nn.Module):
-    """Runs `inner` in `dtype` between float32 neighbours: inputs (a tensor or a dict of tensors)
-    are cast to dtype on the way in, outputs back to float32 on the way out. Attributes the model
-    reads from the wrapped part (size_divisibility, out_features, ...) are the inner module's."""
-
-    def __init__(self, inner: nn.Module, dtype: torch.dtype):
-        super().__init__()
-        self.inner = inner.to(dtype)
-        self.dtype = dtype
-
-    def forward(self, x: Any) -> Any:
-        return _cast(self.inner(_cast(x, self.dtype)), torch.float32)
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(super().__getattr__("inner"), name)
-
-
-def half_tower_convs(model: BlendMask, dtype: torch.dtype) -> int:
-    """Wrap every convolution of the FCOS head's towers in HalfIO (half precision inside, float32
-    between them): the convolutions are nearly all of the head's FLOPs, while GroupNorm in bf16 is
-    slow on CPUs and the box regression needs float32. Returns how many were wrapped."""
-    head = model.proposal_generator.fcos_head
-    n = 0
-    for tower in (head.share_tower, head.cls_tower, head.bbox_tower):
-        for i, layer in enumerate(tower):
-            if isinstance(layer, nn.Conv2d):
-                tower[i] = HalfIO(layer, dtype)
-                n += 1
-    return n
-
-
-@dataclass
-class CompileInfo:
-    backend: str
-    targets: List[str]
-    #: dynamo's recompile limit while this recipe's shapes compile (study.steps.warm_shapes sets it):
-    #: RECOMPILE_LIMIT with pad64 (the seed's P4), dynamo's own default without (the seed's P3)
-    recompile_limit: Optional[int] = None
-
-
-def default_recompile_limit() -> int:
-    """Dynamo's default recompile limit (8), whatever the knob is set to now."""
-    import torch._dynamo.config as dcfg
-
-    entries = getattr(dcfg, "_config", {})
-    for name in ("recompile_limit", "cache_size_limit"):
-        default = getattr(entries.get(name), "default", None)
-        if isinstance(default, int):
-            return default
-    return 8
-
-
-def own_forward(module: nn.Module) -> nn.Module:
-    """Give ``module`` a forward of its own: its class's forward on a new code object. Dynamo keeps
-    its compiled graphs, its recompile count and its verdict once the limit is hit (from then on:
-    the graphs it has, every other shape eager) per code object, so without this all compiled
-    instances of a class in a process share them: P3's backbone hitting its limit would leave P4's
-    (and every extra's) new shapes eager, and a shape one recipe compiled would count as another's.
-    (torch.compile(isolate_recompiles=True) of newer torch does the same; this works on any.)"""
-    f = type(module).forward
-    own = types.FunctionType(f.__code__.replace(), f.__globals__, f.__name__, f.__defaults__, f.__closure__)
-    own.__kwdefaults__, own.__qualname__ = f.__kwdefaults__, f.__qualname__
-    module.forward = types.MethodType(own, module)
-    return module
-
-
-def _compile(module: nn.Module, backend: str) -> nn.Module:
-    if backend == "npu":
-        import torch_npu  # noqa: F401  (registers the npu backend: docs/npu.md "Graph mode")
-    return torch.compile(own_forward(module), backend=backend, dynamic=False)
+def recipe_options(recipe: Union[str, Sequence[str]], device: torch.device,
+                   base: Optional[InferenceOptions] = None) -> Tuple[InferenceOptions, Dict[str, str]]:
+    """The one check of a recipe for a device, and its options: unknown switches raise ValueError
+    (recipe_switches), so do switches that exclude each other; those the device cannot run
+    (device.unsupported_switch) are left out and returned with why. Returns (options, skipped)."""
+    names = recipe_switches(recipe)
+    skipped = {n: why for n in names if (why := devmod.unsupported_switch(device, n))}
+    names = [n for n in names if n not in skipped]
+    for n in names:
+        for other in SWITCHES[n].excludes:
+            if other in names:
+                raise ValueError(f"switches {n!r} and {other!r} exclude each other")
+    options = base or InferenceOptions()
+    for n in names:
+        options = apply_switch(options, SWITCHES[n], device)
+    return options, skipped
 
 
 def build_pipeline(base: Pipeline, recipe: Union[str, Sequence[str]], device: Optional[torch.device] = None,
                    runtime: Optional[Any] = None) -> Pipeline:
-    """A new Pipeline for `recipe` on a deep copy of `base`'s model (base is left as it is).
-    `runtime`: a blendstudy.runtime.RuntimeConfig applied in-process for the "runtime" switch
-    (knobs that must be set before torch starts are the worker process's environment: runtime.worker_env)."""
-    names = recipe_switches(recipe)
+    """A new Pipeline for `recipe` on a model built for its options from `base`'s (base is left as it
+    is). `runtime`: a blendstudy.runtime.RuntimeConfig applied in-process for the "runtime" switch
+    (knobs that must be set before torch starts are the worker process's environment: runtime.worker_env).
+    ``recipe_info``: the switches, those skipped with why, and what building did (folded_bn,
+    half_tower_convs, compile, runtime)."""
     dev = device or base.device
-    model: BlendMask = copy.deepcopy(base.model).to(dev).eval()
-    opts = replace(base.options)
-    info: Dict[str, Any] = {"switches": names}
-    if "device_resize" in names:
-        opts.resize = "device"
-    if "sync_free_decode" in names:
-        opts.decode = "sync_free"
-    skipped = {n: why for n in names if (why := devmod.unsupported_switch(dev, n))}
+    options, skipped = recipe_options(recipe, dev, base.options)
+    info: Dict[str, Any] = {"switches": recipe_switches(recipe)}
     if skipped:
         info["skipped"] = skipped
-        names = [n for n in names if n not in skipped]
-    if "runtime" in names and runtime is not None:
+    if options.runtime and runtime is not None:
         info["runtime"] = apply_in_process(runtime, dev)
-    if "fold_bn" in names:
-        info["folded_bn"] = fold_frozen_bn(model)
-    for part in ("mixed_half", "half_towers"):
-        if "half" in names and part in names:
-            raise ValueError(f"switches 'half' (the whole network) and {part!r} exclude each other")
-    if "mixed_half" in names:
-        half = getattr(torch, half_dtype(dev))
-        model.backbone = HalfIO(model.backbone, half)
-        model.basis_module = HalfIO(model.basis_module, half)
-    if "half_towers" in names:
-        info["half_tower_convs"] = half_tower_convs(model, getattr(torch, half_dtype(dev)))
-    if "half" in names:
-        opts.dtype = half_dtype(dev)
-        model = model.to(getattr(torch, opts.dtype))
-        # the pixel statistics stay fp32: normalisation happens before the cast
-        model.pixel_mean, model.pixel_std = model.pixel_mean.float(), model.pixel_std.float()
-    if "channels_last" in names:
-        opts.channels_last = True
-        model = model.to(memory_format=torch.channels_last)
-    if "raw_masks" in names:
-        opts.raw_masks = True
-    if "lazy_attention" in names:
-        model.lazy_attention = True
-    if "blend_matmul" in names:
-        model.blender.upsample = "matmul"
-    if "blend_chunks" in names:
-        model.blender.chunk = BLEND_CHUNK
-    if "pad64" in names:
-        opts.pad_multiple = PAD_MULTIPLE
-        info["recompile_limit_knob"] = devmod.set_recompile_limit(RECOMPILE_LIMIT)
-    backend = devmod.default_compile_backend(dev)
-    limit = RECOMPILE_LIMIT if "pad64" in names else default_recompile_limit()
-    if "compile_model" in names:
-        model.backbone = _compile(model.backbone, backend)
-        model.proposal_generator = _compile(model.proposal_generator, backend)
-        model.basis_module = _compile(model.basis_module, backend)
-        info["compile"] = CompileInfo(backend, ["backbone", "proposal_generator", "basis_module"], limit)
-    elif "compile_backbone" in names:
-        model.backbone = _compile(model.backbone, backend)
-        info["compile"] = CompileInfo(backend, ["backbone"], limit)
-    pipe = Pipeline(model, base.min_size, base.max_size, opts, dense=base.dense)
+    model, done = prepare_model(base.model, options, dev, default_recompile_limit())
+    info.update(done)
+    pipe = Pipeline(model, base.min_size, base.max_size, options, dense=base.dense)
     pipe.recipe_info = info
     return pipe
 

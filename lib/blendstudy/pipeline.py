@@ -1,13 +1,16 @@
 """End-to-end inference: detectron2 DefaultPredictor's pre-processing, the model, its post-processing.
 
 One image in (BGR uint8 HxWx3, as read_image / cv2.imread give it), `Detections` out, in pixels of
-the original image. Every stage is its own method so the profiler times exactly what runs, and the
-optimization switches (blendstudy.optimize) change behaviour only through `PipelineOptions`.
+the original image. Every stage is its own method so the profiler times exactly what runs. The
+optimization switches (blendstudy.optimize) change behaviour only through the InferenceOptions the
+pipeline and its model are built with: the pipeline reads the pre- and post-processing fields
+(resize, decode, pad_multiple, raw_masks, dtype, channels_last), the model those it was constructed
+with (blendstudy.model, blendstudy.transforms).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -19,6 +22,7 @@ from blendstudy import ops
 from blendstudy.decode_sync_free import decode_sync_free
 from blendstudy.model.blendmask import BlendMask
 from blendstudy.model.fcos import HeadOutputs, Proposals
+from blendstudy.options import DTYPES, InferenceOptions
 from blendstudy.structures import Detections
 
 _NO_ANTIALIAS: set = set()
@@ -32,32 +36,8 @@ def _antialias_supported(device: torch.device) -> bool:
     return device.type not in _NO_ANTIALIAS
 
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-@dataclass
-class PipelineOptions:
-    """How the pipeline runs. Defaults reproduce detectron2 + AdelaiDet exactly.
-
-    resize: "pil" = ResizeShortestEdge with PIL bilinear on uint8 on the CPU (detectron2);
-            "device" = bilinear F.interpolate on the device (the seed's P0).
-    decode: "reference" = AdelaiDet's decode (data-dependent shapes, host syncs);
-            "sync_free" = fixed-shape decode with no .cpu()/.item() until the results (P1).
-    pad_multiple: pad the input to a multiple of this (0 = the backbone's size divisibility, 32).
-    raw_masks: keep the R x R mask probabilities and skip pasting full-image masks.
-    dtype: compute dtype of the network ("float32", "float16", "bfloat16").
-    channels_last: NHWC memory format for the convolutions.
-    """
-
-    resize: str = "pil"
-    decode: str = "reference"
-    pad_multiple: int = 0
-    raw_masks: bool = False
-    dtype: str = "float32"
-    channels_last: bool = False
-
-    def to_dict(self) -> Dict[str, Any]:
-        return asdict(self)
+#: the pipeline's options are the InferenceOptions (one record for the pipeline and its model)
+PipelineOptions = InferenceOptions
 
 
 def resized_shape(h: int, w: int, short_edge: int, max_size: int) -> Tuple[int, int]:
@@ -80,7 +60,7 @@ class Pipeline:
     """Callable: `pipeline(image_bgr) -> Detections`. Stage methods are public for profiling."""
 
     def __init__(self, model: BlendMask, min_size: int = 800, max_size: int = 1333,
-                 options: Optional[PipelineOptions] = None, dense: Optional[DenseRunner] = None):
+                 options: Optional[InferenceOptions] = None, dense: Optional[DenseRunner] = None):
         self.model = model.eval()
         #: an offline runner of the network's dense part (blendstudy.backends), or None: the model
         self.dense = dense
@@ -88,16 +68,11 @@ class Pipeline:
         self.recipe_info: Dict[str, Any] = {}
         self.min_size = int(min_size)
         self.max_size = int(max_size)
-        self.options = options or PipelineOptions()
-        if self.options.resize not in ("pil", "device"):
-            raise ValueError(f"resize must be 'pil' or 'device', not {self.options.resize!r}")
-        if self.options.decode not in ("reference", "sync_free"):
-            raise ValueError(f"decode must be 'reference' or 'sync_free', not {self.options.decode!r}")
-        if self.options.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, not {self.options.dtype!r}")
+        #: how it runs (checked when the record was made); the model was built with the same record
+        self.options: InferenceOptions = options or getattr(model, "options", None) or InferenceOptions()
 
     @classmethod
-    def from_config(cls, cfg: Any, model: BlendMask, options: Optional[PipelineOptions] = None,
+    def from_config(cls, cfg: Any, model: BlendMask, options: Optional[InferenceOptions] = None,
                     dense: Optional[DenseRunner] = None) -> Pipeline:
         return cls(model, cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, options, dense)
 

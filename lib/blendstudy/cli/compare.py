@@ -24,6 +24,7 @@ from typing import Any, Dict, Optional, Tuple
 
 from blendstudy.cli.common import UserError
 from blendstudy.jsonable import to_jsonable
+from blendstudy.tables import text
 
 __all__ = ["CompareRequest", "Spec", "measure", "parse_spec", "register"]
 
@@ -92,11 +93,10 @@ def _params(req: CompareRequest):
 
     bench = ({"source": "coco", "annotations": req.annotations, "images": req.images} if req.annotations
              else {"source": "folder", "images": req.images})
-    params = StudyParams({"model": {"config": req.config, "weights": req.weights}, "data": {"benchmark": bench},
-                          "accuracy": {"max_ap_change": req.max_ap_change, "confidence": req.confidence},
-                          "evaluation": {"max_dets": 100}})
-    params.path, params.name = Path("compare"), "compare"
-    return params
+    return StudyParams.from_mapping({"model": {"config": req.config, "weights": req.weights},
+                                     "data": {"benchmark": bench},
+                                     "accuracy": {"max_ap_change": req.max_ap_change, "confidence": req.confidence}},
+                                    path="compare")
 
 
 def _pipeline(ctx: Any, spec: Spec):
@@ -148,12 +148,13 @@ def measure(req: CompareRequest) -> Dict[str, Any]:
 def _gate_line(rep: Any, note: str) -> str:
     ap = rep.ap
     if ap is None:
-        return f"gate: {rep.verdict} (mean box IoU {rep.mean_box_iou}, lost {rep.lost_above}; {note})"
+        return f"gate: {rep.verdict} (mean box IoU {text(rep.mean_box_iou)}, lost {rep.lost_above}; {note})"
     ci = ap.change_ci or {}
     parts = [f"{t} dAP {v:+.2f} [{ci[t][0]:+.2f}, {ci[t][1]:+.2f}]" if t in ci else f"{t} dAP {v:+.2f}"
              for t, v in ap.change.items()]
     return (f"gate: {rep.verdict} ({', '.join(parts)} points, {ap.confidence:.0%} interval, bound "
-            f"{rep.gate_thresholds.max_ap_change}; mean box IoU {rep.mean_box_iou}, lost {rep.lost_above})")
+            f"{rep.gate_thresholds.max_ap_change}; mean box IoU {text(rep.mean_box_iou)} (at least "
+            f"{rep.gate_thresholds.min_mean_box_iou}), lost {rep.lost_above})")
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

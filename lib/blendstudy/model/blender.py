@@ -9,30 +9,33 @@ import torch.nn.functional as F
 
 from blendstudy import ops
 from blendstudy.model.fcos import Proposals
+from blendstudy.options import InferenceOptions
 
 
 class Blender:
     """Stateless (no parameters): pooled bases x softmax(upsampled attention), summed over bases.
+    Its geometry comes from the config; how it computes from ``options`` (InferenceOptions), read
+    here at construction into ``upsample`` and ``chunk``.
 
-    upsample: "interpolate" = F.interpolate, as AdelaiDet; "matmul" = the bilinear A x A -> R x R
-    upsampling of the attention as two small matmuls with the fixed interpolation weights
-    (blendstudy.ops.bilinear_matrix; the blend_matmul switch): the same weights, float rounding
-    apart. Only bilinear top_interp has the matmul form.
+    upsample (options.blend_upsample): "interpolate" = F.interpolate, as AdelaiDet; "matmul" = the
+    bilinear A x A -> R x R upsampling of the attention as two small matmuls with the fixed
+    interpolation weights (blendstudy.ops.bilinear_matrix; the blend_matmul switch): the same
+    weights, float rounding apart. Only bilinear top_interp has the matmul form.
 
-    chunk: None = all detections at once, as AdelaiDet; N = blend N detections at a time into one
-    output tensor (the blend_chunks switch). The result is the same; the temporaries (pooled bases,
-    upsampled attention, its softmax, their product: K x num_bases x R x R each, 5 MB at K=100)
-    shrink to N/K of that. On a CPU, glibc hands such multi-megabyte blocks back to the kernel when
-    they are freed and page-faults them in again on the next image; at N=16 they stay in the heap
-    and in cache.
+    chunk (options.blend_chunk): None = all detections at once, as AdelaiDet; N = blend N detections
+    at a time into one output tensor (the blend_chunks switch). The result is the same; the
+    temporaries (pooled bases, upsampled attention, its softmax, their product: K x num_bases x R x R
+    floats each) shrink to N/K of that. With a hundred detections each is several megabytes: on a
+    CPU, glibc hands blocks that large back to the kernel when they are freed and page-faults them in
+    again on the next image; a small N keeps them in the heap and in cache.
     """
-
-    upsample: str = "interpolate"
-    chunk: Optional[int] = None
 
     def __init__(self, num_bases: int, attn_size: int = 14, bottom_resolution: int = 56,
                  pooler_scale: float = 0.25, sampling_ratio: int = 1, aligned: bool = True,
-                 top_interp: str = "bilinear"):
+                 top_interp: str = "bilinear", options: Optional[InferenceOptions] = None):
+        options = options or InferenceOptions()
+        self.upsample: str = options.blend_upsample
+        self.chunk: Optional[int] = options.blend_chunk
         self.num_bases = num_bases
         self.attn_size = attn_size
         self.resolution = bottom_resolution
@@ -40,6 +43,11 @@ class Blender:
         self.sampling_ratio = sampling_ratio
         self.aligned = aligned
         self.top_interp = top_interp
+
+    def with_options(self, options: InferenceOptions) -> Blender:
+        """A blender of the same geometry built for ``options``."""
+        return Blender(self.num_bases, self.attn_size, self.resolution, self.pooler_scale, self.sampling_ratio,
+                       self.aligned, self.top_interp, options=options)
 
     def pool(self, bases: torch.Tensor, proposals: List[Proposals]) -> torch.Tensor:
         """(K, num_bases, R, R) bases cropped to every proposal box (ROIAlign)."""

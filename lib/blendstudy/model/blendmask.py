@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -14,6 +15,7 @@ from blendstudy.model.blender import Blender
 from blendstudy.model.fcos import FCOS, DecodeSettings, FCOSHead, HeadOutputs, Proposals
 from blendstudy.model.fpn import FPN
 from blendstudy.model.resnet import ResNet
+from blendstudy.options import InferenceOptions
 
 
 class BlendMask(nn.Module):
@@ -21,17 +23,19 @@ class BlendMask(nn.Module):
     unchanged. The stages are separate methods so they can be timed, swapped and compiled:
     backbone -> head -> decode -> bases -> blend (post-processing lives in the pipeline).
 
+    ``options`` (InferenceOptions) are the ones it was built for (`build_model`, `with_options`);
+    the blender reads its own from the same record. The model's own:
+
     lazy_attention: the top layer (BlendMask's attention, a 3x3 conv to bases*A*A channels) runs
     only at the detections left after NMS instead of at every FPN location (`attend`); the same
     numbers up to float rounding, a fraction of the head's work. Off by default (AdelaiDet's order).
     """
 
-    lazy_attention: bool = False
-
     def __init__(self, backbone: FPN, proposal_generator: FCOS, basis_module: ProtoNet,
                  top_layer: nn.Conv2d, blender: Blender, pixel_mean: Sequence[float],
-                 pixel_std: Sequence[float], input_format: str = "BGR"):
+                 pixel_std: Sequence[float], input_format: str = "BGR", options: Optional[InferenceOptions] = None):
         super().__init__()
+        self.options = options or InferenceOptions()
         self.backbone = backbone
         self.proposal_generator = proposal_generator
         self.basis_module = basis_module
@@ -42,6 +46,17 @@ class BlendMask(nn.Module):
                              persistent=False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(3, 1, 1),
                              persistent=False)
+
+    @property
+    def lazy_attention(self) -> bool:
+        return self.options.lazy_attention
+
+    def with_options(self, options: InferenceOptions) -> BlendMask:
+        """A copy of this model (its weights copied, this one untouched) built for ``options``."""
+        parts = copy.deepcopy([self.backbone, self.proposal_generator, self.basis_module, self.top_layer])
+        model = BlendMask(*parts, self.blender.with_options(options), self.pixel_mean.flatten().tolist(),
+                          self.pixel_std.flatten().tolist(), self.input_format, options)
+        return model.to(self.pixel_mean.device).train(self.training)
 
     @property
     def size_divisibility(self) -> int:
@@ -90,9 +105,11 @@ class BlendMask(nn.Module):
         return list(zip(proposals, masks))
 
 
-def build_model(cfg: Any) -> BlendMask:
-    """The one place an AdelaiDet config (blendstudy.config.Config) becomes constructor arguments.
-    Weights are random (AdelaiDet's init); load a checkpoint with blendstudy.checkpoint."""
+def build_model(cfg: Any, options: Optional[InferenceOptions] = None) -> BlendMask:
+    """The one place an AdelaiDet config (blendstudy.config.Config) becomes constructor arguments;
+    ``options``: how the model computes (InferenceOptions; default: as AdelaiDet). Weights are random
+    (AdelaiDet's init); load a checkpoint with blendstudy.checkpoint. The options that change weights
+    (fold_bn, precision, compile) act after the checkpoint is in: blendstudy.transforms.prepare_model."""
     m = cfg.MODEL
     r = m.RESNETS
     bottom_up = ResNet(depth=r.DEPTH, out_features=r.OUT_FEATURES, norm=r.NORM,
@@ -133,7 +150,8 @@ def build_model(cfg: Any) -> BlendMask:
                       bottom_resolution=blend_cfg.BOTTOM_RESOLUTION,
                       pooler_scale=float(blend_cfg.POOLER_SCALES[0]),
                       sampling_ratio=blend_cfg.POOLER_SAMPLING_RATIO,
-                      aligned=blend_cfg.POOLER_TYPE == "ROIAlignV2", top_interp=blend_cfg.TOP_INTERP)
+                      aligned=blend_cfg.POOLER_TYPE == "ROIAlignV2", top_interp=blend_cfg.TOP_INTERP,
+                      options=options)
     model = BlendMask(backbone, FCOS(head, fcos.IN_FEATURES, settings), basis, top_layer, blender,
-                      m.PIXEL_MEAN, m.PIXEL_STD, input_format=cfg.INPUT.FORMAT)
+                      m.PIXEL_MEAN, m.PIXEL_STD, input_format=cfg.INPUT.FORMAT, options=options)
     return model.eval()

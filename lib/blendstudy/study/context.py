@@ -133,9 +133,8 @@ class Context:
         return self.measured[key]
 
     def thresholds(self) -> GateThresholds:
-        a = self.params.get("accuracy") or {}
-        return GateThresholds(min_mean_box_iou=float(a.get("min_mean_box_iou", 0.99)),
-                              max_lost=int(a.get("max_lost", 0)), max_ap_change=a.get("max_ap_change", 0.3))
+        a = self.params.accuracy
+        return GateThresholds(min_mean_box_iou=a.min_mean_box_iou, max_lost=a.max_lost, max_ap_change=a.max_ap_change)
 
     def gates(self, outputs: Mapping[str, Mapping[str, Detections]], pairs: Sequence[Tuple[str, str]]
               ) -> Tuple[Dict[str, AccuracyReport], Dict[str, bool], str]:
@@ -146,9 +145,9 @@ class Context:
         {"test vs ref": passed}, a note on the AP check): "passed" is the verdict "pass" -- a pair
         whose AP change is inconclusive has not passed (so it is never counted as a recipe that
         passes the gate) and its report says "inconclusive" (AccuracyReport.verdict)."""
-        a = self.params.get("accuracy") or {}
+        a = self.params.accuracy
         truth, note = gate_ground_truth(self.params, self.loaded)
-        max_dets = int((self.params.get("evaluation") or {}).get("max_dets") or 100)
+        max_dets = self.params.evaluation.max_dets
         reports: Dict[str, AccuracyReport] = {}
         for ref, test in pairs:
             ap = None
@@ -156,8 +155,8 @@ class Context:
                 names = [k for k in outputs[ref] if k in outputs[test]]
                 ap = compare_evaluated(_evaluated(outputs[ref], truth, max_dets, names),
                                        _evaluated(outputs[test], truth, max_dets, names), max_dets,
-                                       n_boot=int(a.get("n_boot", 1000)), confidence=float(a.get("confidence", 0.95)))
-            rep = compare_runs(outputs[ref], outputs[test], a.get("iou_thresh", 0.5), a.get("gate_score", 0.3), ap=ap)
+                                       n_boot=a.n_boot, confidence=a.confidence)
+            rep = compare_runs(outputs[ref], outputs[test], a.iou_thresh, a.gate_score, ap=ap)
             rep.decide(self.thresholds())
             reports[f"{test} vs {ref}"] = rep
         return reports, {k: bool(r.gate) for k, r in reports.items()}, note
@@ -180,8 +179,8 @@ def context(spec: StudySpec) -> Context:
     """This process's Context for ``spec`` (built on first use: model loaded, images read)."""
     if spec not in _CONTEXTS:
         params = spec.load_params()
-        loaded = load_pipeline(resolve_config(params), resolve_weights(params), params.get("device", "auto"),
-                               params.model.get("score_thresh"), warn_random=False)
+        loaded = load_pipeline(resolve_config(params), resolve_weights(params), params.device,
+                               params.model.score_thresh, warn_random=False)
         images = {p.name: read_image(p) for p in benchmark_images(params, spec.max_images)}
         _CONTEXTS[spec] = Context(spec, params, loaded, images)
     return _CONTEXTS[spec]
@@ -191,11 +190,10 @@ def gate_section(params: StudyParams, max_images: Optional[int] = None) -> Tuple
     """(the data section the accuracy gate runs on, how many of its images): ``accuracy.data``
     (default "benchmark") and ``accuracy.images`` (null: all), capped by ``max_images``. A section
     the params' ``data`` lacks raises ParamsError naming accuracy.data."""
-    a = params.get("accuracy") or {}
-    section = str(a.get("data") or "benchmark")
-    if section not in (params.get("data") or {}):
+    section = params.accuracy.data
+    if section not in params.data:
         raise ParamsError(f"{params.path}: parameter accuracy.data: no data.{section} section")
-    counts = [int(n) for n in (a.get("images"), max_images) if n]
+    counts = [int(n) for n in (params.accuracy.images, max_images) if n]
     return section, min(counts) if counts else None
 
 
@@ -206,16 +204,14 @@ def gate_ground_truth(params: StudyParams, loaded: LoadedPipeline) -> Tuple[Opti
     if loaded.random_weights:
         return None, "random weights: no AP check (the instance gate still runs)"
     section, _ = gate_section(params)
-    if params.data[section].get("source", "synthetic") == "folder":
+    if params.data[section].source == "folder":
         return None, f"data.{section} is an image folder without annotations: no AP check"
     dataset = open_dataset(params, section)
     classes = loaded.pipeline.model.proposal_generator.fcos_head.num_classes
     if classes != len(dataset.category_ids):
         return None, (f"the model has {classes} classes, {dataset.ann_file.name} {len(dataset.category_ids)} "
                       "categories: no AP check")
-    a = params.get("accuracy") or {}
-    limit = a.get("max_ap_change", 0.3)
-    confidence = float(a.get("confidence", 0.95))
+    limit, confidence = params.accuracy.max_ap_change, params.accuracy.confidence
     return dataset, (f"AP on {dataset.ann_file.name} (max change {limit} points; the change's "
                      f"{confidence:.0%} paired bootstrap interval over the images decides: pass within, fail "
                      "beyond, inconclusive across the bound)")
@@ -224,7 +220,7 @@ def gate_ground_truth(params: StudyParams, loaded: LoadedPipeline) -> Tuple[Opti
 def study_device(spec: StudySpec) -> torch.device:
     """The device the params name, resolved in this process -- without loading the model or
     reading the images (what a question about the device alone needs)."""
-    return devices.resolve_device(spec.load_params().get("device", "auto"))
+    return devices.resolve_device(spec.load_params().device)
 
 
 def runtime_candidates_here(spec: StudySpec, limit: Optional[int] = None) -> List[RuntimeConfig]:

@@ -527,9 +527,8 @@ def launch(job: EvalJob, nproc: int, env: Optional[Mapping[str, str]] = None,
 def study_processes(params: StudyParams) -> Tuple[int, Optional[List[str]]]:
     """(processes, devices) of evaluation.processes (default 1) and evaluation.devices (default
     None: every process on the params' device kind, rank i on index i)."""
-    e = params.get("evaluation") or {}
-    listed = [str(d) for d in (e.get("devices") or [])] or None
-    n = int(e.get("processes") or 1)
+    listed = list(params.evaluation.devices or []) or None
+    n = params.evaluation.processes
     if n < 1:
         raise ParamsError(f"{params.path}: parameter evaluation.processes: {n} (at least 1)")
     if listed is not None and len(listed) < n:
@@ -554,12 +553,12 @@ def study_job(params: StudyParams, spec: StudySpec, recipe: Optional[str] = None
     <run folder>/p5_eval/<recipe>_<checkpoint>/ (another pipeline's predictions there are
     discarded); AP only with real weights. ``cores``: the stage's binding for a single process
     on the params' device (each device's own runtime.cpu_affinity range wins)."""
-    e = params.get("evaluation") or {}
-    recipe = recipe or str(e.get("recipe", "p4"))
+    e = params.evaluation
+    recipe = recipe or e.recipe
     dataset = open_dataset(params, "val")
     weights = resolve_weights(params)
     stem = "random" if weights is None else Path(weights).stem
-    device = str(params.get("device", "auto"))
+    device = params.device
     if rank_devices is None and processes > 1:
         device = device.split(":")[0]  # rank i on <kind>:i
     if rank_devices:
@@ -571,8 +570,8 @@ def study_job(params: StudyParams, spec: StudySpec, recipe: Optional[str] = None
                    image_dir=str(dataset.image_dir.resolve()),
                    out_dir=str(out_dir or Path(spec.run_folder) / "p5_eval" / f"{recipe}_{stem}"), weights=weights,
                    device=device, devices=list(rank_devices) if rank_devices else None, recipe=recipe,
-                   score_thresh=params.model.get("score_thresh"), eval_score_thresh=e.get("score_thresh"),
-                   max_images=spec.max_images or e.get("max_images"), max_dets=int(e.get("max_dets") or 100),
+                   score_thresh=params.model.score_thresh, eval_score_thresh=e.score_thresh,
+                   max_images=spec.max_images or e.max_images, max_dets=e.max_dets,
                    evaluate=weights is not None, on_mismatch="restart", cpu_affinity=affinity,
                    runtime=_runtime_file(spec), progress=False)
 
@@ -589,7 +588,7 @@ def run_study_eval(params: StudyParams, spec: StudySpec, recipe: Optional[str] =
     ``cores``: the stage's runtime (protocol.stage_runtime)."""
     n, listed = study_processes(params)
     result = launch(study_job(params, spec, recipe, n, listed, cores), n, env)
-    result.references = dict((params.get("references") or {}).get("ap") or {})
+    result.references = dict(params.references.ap)
     return result
 
 
@@ -597,15 +596,14 @@ def scaling_counts(params: StudyParams) -> List[int]:
     """The process counts of the scaling run: evaluation.scaling as a list, or true = 1, 2, 4 ...
     up to the devices listed (or evaluation.processes, or this machine's cores on a cpu study,
     at most 8), the largest included; false / absent = none."""
-    e = params.get("evaluation") or {}
-    scaling = e.get("scaling", False)
+    scaling = params.evaluation.scaling
     if not scaling:
         return []
     if isinstance(scaling, (list, tuple)):
         return sorted({int(n) for n in scaling if int(n) >= 1})
     n, listed = study_processes(params)
-    top = max(n, len(e.get("devices") or []))
-    if top == 1 and str(params.get("device", "auto")).startswith("cpu"):
+    top = max(n, len(params.evaluation.devices or []))
+    if top == 1 and params.device.startswith("cpu"):
         top = min(len(devices.allowed_cores()), 8)
     counts = [1]
     while counts[-1] * 2 <= top:
@@ -624,8 +622,7 @@ def scaling_runs(params: StudyParams, spec: StudySpec, recipe: Optional[str] = N
     <run folder>/p5_eval/scaling.json."""
     counts = list(counts if counts is not None else scaling_counts(params))
     _, listed = study_processes(params)
-    e = params.get("evaluation") or {}
-    every = [str(d) for d in (e.get("devices") or [])]
+    every = list(params.evaluation.devices or [])
     rows: List[Dict[str, Any]] = []
     for n in counts:
         folder = Path(spec.run_folder) / "p5_eval" / "scaling" / str(n)

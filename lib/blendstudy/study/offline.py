@@ -49,13 +49,13 @@ def settings(spec: StudySpec) -> Dict[str, Any]:
 
 
 def offline_settings(ctx: Context) -> Dict[str, Any]:
-    """The params' ``offline`` section with its defaults."""
-    o = dict(ctx.params.get("offline") or {})
-    return {"backends": list(o.get("backends", ["onnxruntime", "openvino"])),
-            "shapes": list(o.get("shapes", ["static", "dynamic"])),
-            "host_recipe": str(o.get("host_recipe") or ("best_cpu" if ctx.device.type == "cpu" else "best")),
-            "int8": int8_methods(o.get("int8", False)), "calibration_images": int(o.get("calibration_images", 16)),
-            "compare_recipe": o.get("compare_recipe")}
+    """The params' ``offline`` section (its defaults: blendstudy.study.params_schema.OfflineParams),
+    the host recipe resolved for this device and the int8 methods named."""
+    o = ctx.params.offline
+    return {"backends": list(o.backends), "shapes": list(o.shapes),
+            "host_recipe": o.host_recipe or ("best_cpu" if ctx.device.type == "cpu" else "best"),
+            "int8": int8_methods(o.int8), "calibration_images": o.calibration_images,
+            "compare_recipe": o.compare_recipe}
 
 
 def _host_pipeline(ctx: Context, host_recipe: str) -> Pipeline:

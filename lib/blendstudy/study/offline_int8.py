@@ -56,15 +56,15 @@ def _ap_usable(ctx: Context, dataset: Any) -> bool:
 def calibration_metric(ctx: Context, dataset: Any, reference: Run) -> Tuple[str, Callable[[Run], float]]:
     """(the metric's name, run -> value; higher is better) for accuracy control on ``dataset``;
     ``reference``: the fp32 pipeline's detections on the same images (for the agreement measure)."""
-    a = ctx.params.get("accuracy") or {}
+    a = ctx.params.accuracy
     if _ap_usable(ctx, dataset):
-        max_dets = int((ctx.params.get("evaluation") or {}).get("max_dets") or 100)
+        max_dets = int(ctx.params.evaluation.max_dets)
 
         def ap(run: Run) -> float:
             return float(np.mean(list(evaluate_run(run, dataset, max_dets).ap.values())))
 
         return "COCO AP, mean of bbox and segm (points)", ap
-    iou, score = float(a.get("iou_thresh", 0.5)), float(a.get("gate_score", 0.3))
+    iou, score = float(a.iou_thresh), float(a.gate_score)
 
     def agreement(run: Run) -> float:
         rep = compare_runs({k: reference[k] for k in run}, run, iou, score)
@@ -104,11 +104,12 @@ def nncf_variant(spec: StudySpec, dynamic: Dict[str, Any], sizes: List[str], hos
     t0 = time.perf_counter()
     kwargs: Dict[str, Any] = {}
     if method == "nncf-accuracy":
+        if ctx.params.accuracy.max_ap_change is None:
+            raise ValueError("offline.int8 nncf-accuracy needs accuracy.max_ap_change (the drop it may give up)")
         reference = {n: host(im) for n, im in calib.items()}
         name, metric = calibration_metric(ctx, dataset, reference)
-        a = ctx.params.get("accuracy") or {}
         kwargs = {"validate": _validator(ctx, host, calib, src, metric), "validation_items": list(calib),
-                  "max_drop": float(a.get("max_ap_change", 0.3)), "metric": name}
+                  "max_drop": float(ctx.params.accuracy.max_ap_change), "metric": name}
     ir = quantize_openvino(src, batches, Path(src).with_name(f"{suffix}_dynamic"), **kwargs)
     dirs = {s: str(specialize(ir, tuple(int(v) for v in s.split("x")), Path(src).with_name(f"{suffix}_{s}")))
             for s in sizes}

@@ -90,7 +90,7 @@ class Study:
     def header(self) -> str:
         """One markdown line: params, run folder, config, weights (RANDOM said loudly)."""
         line = (f"params `{self.params.path}` · run folder `{self.run_folder}` · config `{self.params.model.config}` · "
-                f"device spec `{self.params.get('device', 'auto')}` · weights **{self.weights}**")
+                f"device spec `{self.params.device}` · weights **{self.weights}**")
         if self.random_weights:
             line += ("\n\n> **RANDOM WEIGHTS**: no trained checkpoint was loaded; latencies are real, detections and "
                      "accuracy numbers are not.")
@@ -134,7 +134,7 @@ class Study:
         processes = {k: v for k, v in self.processes.items() if k != "environment"}
         processes.update(getattr(record, "processes", None) or {})
         return save_results(self.run_folder / "results", notebook, record,
-                            {**self.params, "max_images": self.spec.max_images}, self.figures, env, processes)
+                            {**self.params.to_dict(), "max_images": self.spec.max_images}, self.figures, env, processes)
 
     def close(self) -> None:
         for w in self.workers.values():
@@ -177,7 +177,7 @@ def stage_runtime(study: Study, stage: str) -> Tuple[WorkerSpec, Optional[Runtim
     if stage in ("baseline", "p0", "p1", "env", "weights"):
         return WorkerSpec(label=stage), None
     best = _best_runtime(study)
-    env, cores = runtime_for(study.params, str(study.params.get("device", "auto")))
+    env, cores = runtime_for(study.params, study.params.device)
     wenv, wcores = worker_env(best, env, None)
     return WorkerSpec(label=stage, env=wenv, cpu_cores=cores or wcores), best
 
@@ -208,7 +208,7 @@ def run_stage(study: Study, stage: str, previous: str) -> StageResult:
 def run_extras(study: Study, stage: str = "p4", recipes: Optional[Sequence[str]] = None) -> ExtrasResult:
     """The params' extra recipes (default ``extras``) beside ``stage``, in the stage's worker."""
     spec, runtime = stage_runtime(study, stage)
-    recipes = list(recipes if recipes is not None else study.params.get("extras", []))
+    recipes = optimize.extra_recipes(recipes if recipes is not None else study.params.extras)
     return study.call(spec, steps.measure_extras, stage, recipes, runtime)
 
 
@@ -217,7 +217,7 @@ def run_sweep(study: Study, candidates: Sequence[RuntimeConfig], recipe: str = "
     """Each runtime setting in its own fresh worker (variables set and cores bound before torch
     starts), ``recipe``'s latency on the first ``images`` benchmark images. A setting that cannot
     run (cores this machine lacks, a failing process) is reported, not fatal."""
-    base_env, base_cores = runtime_for(study.params, str(study.params.get("device", "auto")))
+    base_env, base_cores = runtime_for(study.params, study.params.device)
     out: List[SweepResult] = []
     for cfg in candidates:
         env, cores = worker_env(cfg, base_env, None)
@@ -280,7 +280,7 @@ def kernel_runtime(study: Study) -> Dict[str, Any]:
     """What the notebook's own kernel reads back about itself (blendstudy.device.effective_runtime),
     with torch_npu imported here where the study's device is an NPU, as a user's `import torch_npu`
     in a notebook would: its task queue is the one torch_npu forces off in an interactive interpreter."""
-    if str(study.params.get("device", "auto")).startswith("npu"):
+    if study.params.device.startswith("npu"):
         devices.npu_import_error()  # imports torch_npu in this process (a failure is only reported)
     return devices.effective_runtime()
 

@@ -93,12 +93,13 @@ def _graphs_compiled() -> int:
 
 
 def warm_shapes(ctx: Context, recipe: str, pipe: Pipeline) -> List[Dict[str, Any]]:
-    """Compile every input shape of a compiled recipe BEFORE anything is measured, under the
-    recipe's own recompile limit (optimize.CompileInfo: dynamo's default for P3, 32 with pad64 as
-    the seed's P4) set just before: one call per distinct shape, timed and reported apart, so no
-    compile stall lands inside a measured sample. A shape past the limit gets no graph and runs
-    eager from then on (dynamo's behaviour, what the seed's P3 had): its row says "eager", with
-    the number of benchmark images of that shape. Each compiled pipeline has its own code object
+    """Compile every input shape of a compiled recipe BEFORE anything is measured: one call per
+    distinct shape, timed and reported apart, so no compile stall lands inside a measured sample.
+    Each compiled part runs under the recipe's own recompile limit (optimize.CompileInfo: dynamo's
+    default for P3, 32 with pad64 as the seed's P4; set per call by the compiled part itself, the
+    process's setting untouched). A shape past the limit gets no graph and runs eager from then on
+    (dynamo's behaviour, what the seed's P3 had): its row says "eager", with the number of
+    benchmark images of that shape. Each compiled pipeline has its own code object
     (optimize.own_forward), so a call that compiled no new graph ran eager. Returns one row per
     shape (the same rows again for a pipeline already warmed); [] for a recipe that compiles nothing."""
     info = pipe.recipe_info.get("compile")
@@ -107,7 +108,6 @@ def warm_shapes(ctx: Context, recipe: str, pipe: Pipeline) -> List[Dict[str, Any
     if "warm" in pipe.recipe_info:
         return pipe.recipe_info["warm"]
     limit = int(getattr(info, "recompile_limit", None) or optimize.default_recompile_limit())
-    pipe.recipe_info["recompile_limit_knob"] = devices.set_recompile_limit(limit)
     pipe.recipe_info["recompile_limit"] = limit
     rows: List[Dict[str, Any]] = []
     for shape, names in images_by_shape(ctx, pipe).items():
@@ -133,11 +133,11 @@ def check_environment(spec: StudySpec) -> EnvCheckResult:
     """env_check: where this process runs (device, versions, CANN, cards), the npu status, the
     doctor's named checks and the deformable-convolution kernel in use."""
     params = spec.load_params()
-    device = devices.resolve_device(params.get("device", "auto"))
+    device = devices.resolve_device(params.device)
     info = devices.environment_info(device)
     npu = {"torch_npu": info.get("torch_npu"), "import error": info.get("torch_npu_error"), "CANN": info.get("cann"),
            "npu usable": devices.npu_available(), "cuda usable": devices.cuda_available(), "chosen": str(device)}
-    checks = doctor.run_checks(params.get("device", "auto"))
+    checks = doctor.run_checks(params.device)
     return EnvCheckResult(device=str(device), npu=npu, environment={**info, "process": process_info()},
                           seed_environment=SEED_ENVIRONMENT, checks=[vars(c) for c in checks.checks],
                           kernels={"deform_conv": deform_kernel_info(device)})
