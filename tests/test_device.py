@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from blendstudy import ascend_host, provenance, torch_npu_probe
 from blendstudy import device as dev
 from blendstudy.device import (
     DeviceError,
@@ -181,7 +182,7 @@ def test_code_fingerprint_follows_the_package_sources(tmp_path, monkeypatch):
 
     pkg = tmp_path / "blendstudy"
     shutil.copytree(Path(dm.__file__).parent, pkg, ignore=shutil.ignore_patterns("__pycache__", "*.pth"))
-    monkeypatch.setattr(dm, "__file__", str(pkg / "device.py"))
+    monkeypatch.setattr(provenance, "__file__", str(pkg / "provenance.py"))  # code_fingerprint's package root
     assert dm.code_fingerprint() == fp
     (pkg / "device.py").write_text((pkg / "device.py").read_text() + "\n# changed\n")
     assert dm.code_fingerprint() != fp
@@ -320,7 +321,7 @@ def toolkit(tmp_path, monkeypatch):
     monkeypatch.setenv("ASCEND_TOOLKIT_HOME", str(root))
     monkeypatch.delenv("ASCEND_HOME_PATH", raising=False)
     monkeypatch.delitem(sys.modules, "torch_npu", raising=False)
-    monkeypatch.setattr(dev, "_toolkit_roots", lambda: [str(root)])
+    monkeypatch.setattr(ascend_host, "_toolkit_roots", lambda: [str(root)])
     return root
 
 
@@ -358,7 +359,7 @@ def test_cann_version_asks_a_loaded_torch_npu_first(toolkit, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch_npu", fake)
     monkeypatch.setitem(sys.modules, "torch_npu.npu", fake.npu)
     monkeypatch.setitem(sys.modules, "torch_npu.npu.utils", utils)
-    monkeypatch.setattr(dev, "npu_import_error", lambda: None)
+    monkeypatch.setattr(ascend_host, "npu_import_error", lambda: None)
     assert dev.cann_version() == "8.5.0"
 
 
@@ -392,11 +393,11 @@ def test_parse_npu_smi():
 
 
 def test_driver_version(monkeypatch):
-    monkeypatch.setattr(dev, "npu_smi", lambda: dev.parse_npu_smi(NPU_SMI))
+    monkeypatch.setattr(ascend_host, "npu_smi", lambda: dev.parse_npu_smi(NPU_SMI))
     assert dev.driver_version() == "24.1.rc2"
-    monkeypatch.setattr(dev, "npu_smi", lambda: None)
-    monkeypatch.setattr(dev, "_read", lambda p: "Version=23.0.6\nascendhal_version=7.35.19\n"
-                        if p == "/usr/local/Ascend/driver/version.info" else None)
+    monkeypatch.setattr(ascend_host, "npu_smi", lambda: None)
+    monkeypatch.setattr(ascend_host, "_read", lambda p: "Version=23.0.6\nascendhal_version=7.35.19\n"
+                                if p == "/usr/local/Ascend/driver/version.info" else None)
     assert dev.driver_version() == "23.0.6"
     assert dev.parse_version_info("Version=23.0.6\n") == "23.0.6"
 
@@ -435,7 +436,7 @@ def fake_sys(tmp_path, monkeypatch):
         d = root / "bus" / "pci" / "devices" / bus
         d.mkdir(parents=True)
         (d / "numa_node").write_text(node + "\n")
-    monkeypatch.setattr(dev, "npu_smi", lambda: dev.parse_npu_smi(NPU_SMI))
+    monkeypatch.setattr(ascend_host, "npu_smi", lambda: dev.parse_npu_smi(NPU_SMI))
     monkeypatch.delenv("ASCEND_RT_VISIBLE_DEVICES", raising=False)
     return root
 
@@ -454,11 +455,11 @@ def test_device_numa_node_and_local_cores(fake_sys, monkeypatch):
     assert dev.device_numa_node(npu1, str(fake_sys)) is None  # numa_node -1: not known
     monkeypatch.setenv("ASCEND_RT_VISIBLE_DEVICES", "1,0")  # process-local npu:1 is card 0
     assert dev.device_numa_node(npu1, str(fake_sys)) == 1
-    monkeypatch.setattr(dev, "allowed_cores", lambda: list(range(0, 96)))
+    monkeypatch.setattr(ascend_host, "allowed_cores", lambda: list(range(0, 96)))
     assert dev.format_cores(dev.local_cores(npu1, str(fake_sys))) == "24-47,72-95"
-    monkeypatch.setattr(dev, "allowed_cores", lambda: list(range(30, 40)))
+    monkeypatch.setattr(ascend_host, "allowed_cores", lambda: list(range(30, 40)))
     assert dev.local_cores(npu1, str(fake_sys)) == list(range(30, 40))
-    monkeypatch.setattr(dev, "allowed_cores", lambda: [0, 1, 2])  # nothing local allowed: all allowed
+    monkeypatch.setattr(ascend_host, "allowed_cores", lambda: [0, 1, 2])  # nothing local allowed: all allowed
     assert dev.local_cores(npu1, str(fake_sys)) == [0, 1, 2]
     assert dev.local_cores(npu0, str(fake_sys)) == [0, 1, 2]
     assert dev.device_numa_node(torch.device("cpu")) is None
@@ -505,7 +506,7 @@ def test_effective_runtime_on_cpu(monkeypatch):
 
 def test_task_queue_in_force(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch_npu", SimpleNamespace())
-    monkeypatch.setattr(dev, "npu_import_error", lambda: None)
+    monkeypatch.setattr(torch_npu_probe, "npu_import_error", lambda: None)
     monkeypatch.delenv("ASCEND_LAUNCH_BLOCKING", raising=False)
     monkeypatch.delenv("TASK_QUEUE_ENABLE", raising=False)
     assert dev.task_queue_in_force() == {"value": 1, "source": "default (TASK_QUEUE_ENABLE unset)"}
