@@ -306,6 +306,13 @@ def test_the_whole_study_runs_on_ci_params(tmp_path):
     assert not p6["errors"] and {b["runtime"] for b in p6["backends"]} == {"onnxruntime", "openvino"}
     assert all(f"{b['backend']} vs baseline" in p6["comparisons"] for b in p6["backends"])
     assert {m["pipeline"] for m in p6["memory"]} >= {"baseline", "onnxruntime static", "openvino static"}
+    # int8 by NNCF (params/ci.yaml: offline.int8 [nncf]) ran as an OpenVINO backend of its own, and the
+    # roofline counts its dense network in int8 against the measured int8 peak (P4's recipes: fp32 here)
+    assert "openvino static-nncf" in {b["backend"] for b in p6["backends"]}
+    assert {(r["part"], r["precision"]) for r in p6["roofline"] if r["pipeline"] == "openvino static-nncf"} \
+        >= {("dense network", "int8")}
+    assert {r["pipeline"] for r in p4["extras"]["roofline"]} >= {"baseline", "p4"}
+    assert all(r["fraction_of_peak"] is None or r["fraction_of_peak"] > 0 for r in p4["extras"]["roofline"])
     # a backend's peak memory comes from its own fresh worker; the PyTorch recipes' from workers of their own
     pids = {m["pipeline"]: m["process"]["pid"] for m in p6["memory"]}
     for b in p6["backends"]:

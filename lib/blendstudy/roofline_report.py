@@ -31,6 +31,8 @@ def roofline_frame(rows: Sequence[Any]) -> pd.DataFrame:
         "GFLOP/image": df["gflop"].round(3), "ms": df["ms"].round(2),
         "achieved GFLOP/s": df["achieved_gflops"].round(1), "peak GFLOP/s": df["peak_gflops"].round(1),
         "% of peak": (df["fraction_of_peak"] * 100).round(1),
+        "note": ["over peak: count, peak or kernel (see blendstudy.measure.roofline)" if o else ""
+                 for o in df.get("over_peak", pd.Series([False] * len(df)))],
     })
     return out.astype(object).where(out.notna(), "-")
 
