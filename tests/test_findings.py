@@ -78,6 +78,13 @@ def test_fastest_gate_passing_pipeline_of_each_kind_and_the_faster_failing_one(t
     assert rows["fastest gate-passing offline backend"]["peak memory (MiB)"] == pytest.approx(676.3)
 
 
+def test_no_failing_row_when_the_fastest_pipeline_passes(tmp_path):
+    cands = [c for c in findings.candidates(_write_run(tmp_path)) if c.passes or c.kind != findings.OFFLINE]
+    df = findings.fastest_table(cands)
+    offline = df[df["which"].str.contains("offline")]
+    assert offline["which"].tolist() == ["fastest gate-passing offline backend"]
+
+
 def test_a_stage_keeps_its_own_gate_when_p4s_extras_pair_it_again(tmp_path):
     cands = {c.pipeline: c for c in findings.candidates(_write_run(tmp_path))}
     assert cands["p4"].verdict == "fail" and cands["p0"].verdict == "pass"
