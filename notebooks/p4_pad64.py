@@ -97,7 +97,7 @@ display(*sections.accuracy(study, result.accuracy, result.gate, result.ap_note))
 # for this process (`unique_graphs`: graphs compiled so far, all pipelines of this notebook together).
 
 # %%
-display(sections.show(study, result.shapes, "Distinct shapes"))
+display(sections.show(study, fallbacks.distinct_shapes_table(result.shapes), "Distinct shapes"))
 display(sections.show(study, fallbacks.by_recipe(result.compile), "Compiled and eager, by recipe"))
 display(Markdown(f"**Found:** {fallbacks.finding(result.compile)}"))
 display(Markdown(f"dynamo counters: `{result.dynamo_counters}`"))

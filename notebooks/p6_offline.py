@@ -26,11 +26,13 @@
 #
 # Here the dense part (backbone + FPN + FCOS head with BlendMask's attention + basis module) is
 # exported to ONNX (`python -m blendstudy export` does the same), checked with `onnx.checker` and
-# against eager PyTorch, and run by each runtime of the params' `offline` section: one fixed-size
+# against eager PyTorch, and run by each engine of the params' `offline` section: one fixed-size
 # model per padded size (as P4's compiled graphs) and/or one with dynamic H/W, optionally int8
-# (calibrated on training images, never the evaluation images). The host side is the study's own
-# pipeline with the host switches of the best PyTorch recipe. Each backend runs in a fresh worker
-# process of its own: session creation apart from steady latency, paired A/B against the baseline
+# (calibrated on training images, never the evaluation images) and, where the CPU computes bfloat16
+# natively, the fp32 model run by OpenVINO in bf16 (the precision best_cpu's half switches use). The
+# host side is the study's own pipeline with the host switches of the best PyTorch recipe. Each
+# backend runs in a fresh worker process of its own: session creation apart from steady latency,
+# paired A/B against the baseline
 # and against the fastest PyTorch recipe, the accuracy gate against the fp32 baseline, and peak
 # memory (seed 004's column) of each pipeline alone in its process.
 
@@ -58,7 +60,7 @@ display(Markdown(study.header()))
 result = protocol.run_offline(study)
 display(sections.show(study, [{k: v for k, v in e.items() if k != "dirs"} for e in result.exports], "Exports"))
 display(Markdown(f"host switches of **{result.host_recipe}**; fastest PyTorch recipe: **{result.fastest}**"
-                 + "".join(f"\n- **{k}**: {v}" for k, v in result.errors.items())))
+                 + "".join(f"\n- **{k}**: {v}" for k, v in {**result.errors, **result.notes}.items())))
 
 # %% [markdown]
 # ## Session creation and latency
@@ -95,7 +97,7 @@ display(sections.show(study, [{k: v for k, v in m.items() if k != "process"} for
 # %% [markdown]
 # ## Where the time goes
 #
-# The stage profile of each offline pipeline (`dense network` is the runtime's share).
+# The stage profile of each offline pipeline (`dense network` is the engine's share).
 
 # %%
 display(sections.stages(study, result.profiles))
@@ -104,11 +106,18 @@ display(sections.stages(study, result.profiles))
 # ### Roofline
 #
 # Per backend and part, as in P4: the dense network's FLOPs are those of the PyTorch network it was
-# exported from (the same convolutions), its precision fp32 or int8 as exported, against this
-# backend's worker's measured GEMM peak for that precision.
+# exported from (the same convolutions), its precision as the engine runs it (fp32 as exported, bf16
+# for OpenVINO's bf16 variant, int8), against this backend's worker's measured GEMM peak for that
+# precision.
 
 # %%
 display(*sections.roofline(study, result.roofline, "p6_roofline.png", "P6: each part's FLOP/s, % of its peak"))
+# %% [markdown]
+# Each backend against the PyTorch recipe it is paired with (its roofline rows come first in the table,
+# measured in the stage's worker): is the difference the network -- its precision, its share of the
+# peak -- or the host work around it?
+# %%
+display(sections.where_they_differ(result.roofline, result.fastest, [b["backend"] for b in result.backends]))
 
 # %%
 path = report.plot_latency_distribution(

@@ -17,8 +17,8 @@ import torch
 
 from blendstudy.coco.convert import coco_from_dict, detections_to_coco
 from blendstudy.coco.evaluate import compare_ap, evaluate_coco
+from blendstudy.coco.rle import decode_rle
 from blendstudy.coco.run import RunMismatchError, run_coco_evaluation
-from blendstudy.masks import decode_rle
 from blendstudy.measure.agreement import (
     AccuracyReport,
     GateThresholds,
@@ -433,10 +433,10 @@ def test_resize_difference_in_grey_levels():
     got[0, 0, 0], got[2, 1, 1] = 2.0, -1.0
     cand = _Resizer(lambda im: got)
     (row,) = resize_difference(ref, cand, {"x.png": image})
-    assert row["image"] == "x.png" and row["size"] == "2x2"
-    assert row["mean"] == pytest.approx(0.25) and row["max"] == 2.0
-    assert row["differs"] == pytest.approx(2 / 12)
-    assert row["p99"] == pytest.approx(np.percentile([0] * 10 + [1, 2], 99))
+    assert row.image == "x.png" and row.size == "2x2"
+    assert row.mean == pytest.approx(0.25) and row.max == 2.0
+    assert row.differs == pytest.approx(2 / 12)
+    assert row.p99 == pytest.approx(np.percentile([0] * 10 + [1, 2], 99))
     other = _Resizer(lambda im: torch.zeros((3, 2, 3)))
     with pytest.raises(ValueError, match="x.png"):
         resize_difference(ref, other, {"x.png": image})
@@ -446,7 +446,7 @@ def test_resize_difference_in_grey_levels():
 def _noisy_predictions(gt, seed=0):
     """COCO results near the ground truth of ``gt``: some instances missed, boxes jittered, scores
     on a coarse grid (ties across images), false positives and duplicates; box-shaped masks."""
-    from blendstudy.masks import encode_rle
+    from blendstudy.coco.rle import encode_rle
 
     rng = np.random.default_rng(seed)
     cats = sorted(gt.getCatIds())

@@ -31,10 +31,10 @@ from blendstudy.backends.common import network_record, scale_errors
 from blendstudy.checkpoint import file_sha256
 from blendstudy.config import load_config
 from blendstudy.data.synthetic import render_synthetic_image
+from blendstudy.loading import SHIPPED_WEIGHTS, load_pipeline
 from blendstudy.model import build_model
 from blendstudy.optimize import build_pipeline
 from blendstudy.pipeline import Pipeline
-from blendstudy.predictor import SHIPPED_WEIGHTS, load_pipeline
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -183,28 +183,28 @@ def test_export_fails_loudly_past_tolerance_and_backend_refuses_it(tiny, tmp_pat
     assert "failed its verification" in _one_line(exc)
 
 
-# ---- runtimes against eager ---------------------------------------------------------------------
+# ---- engines against eager ----------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["fixed", "dynamic"])
-@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
-def test_runtime_matches_eager_dense_part(runtime, kind, exports, tiny, batch):
-    if runtime == "openvino":
+@pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
+def test_engine_matches_eager_dense_part(engine, kind, exports, tiny, batch):
+    if engine == "openvino":
         pytest.importorskip("openvino")
-    backend = load_backend(runtime, exports[kind].model_dir, config=CONFIG, checkpoint=WEIGHTS)
+    backend = load_backend(engine, exports[kind].model_dir, config=CONFIG, checkpoint=WEIGHTS)
     assert backend.session_seconds > 0 and backend.providers
     d = backend.describe()
-    assert d["backend"] == runtime and d["dynamic"] == (kind == "dynamic") and d["runtime_version"]
+    assert d["backend"] == engine and d["dynamic"] == (kind == "dynamic") and d["runtime_version"]
     assert_dense_close(backend(batch), eager_dense(tiny.pipeline.model, batch))
     if kind == "dynamic":
         other = batch[:, :, :320, :448].contiguous()
         assert_dense_close(backend(other), eager_dense(tiny.pipeline.model, other))
 
 
-@pytest.mark.parametrize("runtime,kind", [("onnxruntime", "fixed"), ("onnxruntime", "dynamic"),
-                                          ("openvino", "dynamic")])
-def test_pipeline_with_backend_gives_eager_detections(runtime, kind, exports, tiny, image):
-    if runtime == "openvino":
+@pytest.mark.parametrize("engine,kind", [("onnxruntime", "fixed"), ("onnxruntime", "dynamic"),
+                                         ("openvino", "dynamic")])
+def test_pipeline_with_backend_gives_eager_detections(engine, kind, exports, tiny, image):
+    if engine == "openvino":
         pytest.importorskip("openvino")
-    backend = load_backend(runtime, exports[kind].model_dir)
+    backend = load_backend(engine, exports[kind].model_dir)
     eager = tiny.pipeline(image)
     got = dense_pipeline(tiny.pipeline, backend)(image)
     assert_same_detections(got, eager)
@@ -296,7 +296,7 @@ def test_load_backend_names_what_is_wrong(exports, tmp_path):
     assert load_backend("onnxruntime", exports["fixed"].model_dir, config=cfg).dynamic is False
 
 
-def test_load_backend_without_the_runtime(exports, monkeypatch):
+def test_load_backend_without_the_engine(exports, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(BackendError) as exc:
         load_backend("onnxruntime", exports["fixed"].model_dir)

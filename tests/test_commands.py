@@ -11,7 +11,7 @@ import pytest
 
 from blendstudy import pipeline as pipeline_mod
 from blendstudy.cli import main
-from blendstudy.pipeline import STAGES
+from blendstudy.pipeline import STEPS
 from conftest import fixture
 
 SMALL_CONFIG = """_BASE_: {base}
@@ -49,8 +49,8 @@ def test_bench(model_args, image, tmp_path, capsys):
 def test_profile(model_args, image, capsys):
     assert main(["profile", *model_args, "--images", image, "--repeats", "1", "--warmup", "0"]) == 0
     out = capsys.readouterr().out
-    for stage in STAGES:
-        assert stage in out, stage
+    for step in STEPS:
+        assert step in out, step
     assert "profiler overhead" in out and "input 400x600" in out
 
 

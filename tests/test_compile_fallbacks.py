@@ -15,7 +15,8 @@ from torch import nn
 
 from blendstudy import device as devmod
 from blendstudy import fallbacks, optimize
-from blendstudy.predictor import load_pipeline
+from blendstudy.loading import load_pipeline
+from blendstudy.stage_results import PaddedShapes, ShapeCompile
 from blendstudy.study.steps import images_by_shape, warm_shapes
 
 # (h, w) -> padded input of the tiny model (short side 384, long side <= 640), padded to 32 and 64:
@@ -36,7 +37,7 @@ def study(monkeypatch, dynamo_limit):
 
 
 def _graph(rows):
-    return [(tuple(r["shape (h, w)"]), r["graph"], r["images"]) for r in rows]
+    return [(tuple(r.shape), r.graph, r.images) for r in rows]
 
 
 def test_p3_keeps_dynamos_default_limit_and_runs_the_shapes_past_it_eager(study, dynamo_limit):
@@ -45,9 +46,9 @@ def test_p3_keeps_dynamos_default_limit_and_runs_the_shapes_past_it_eager(study,
     assert pipe.recipe_info["compile"].recompile_limit == 2  # dynamo's default (patched), not raised
     rows = warm_shapes(study.ctx, "p3", pipe)
     assert _graph(rows) == [((384, 512), "compiled", 2), ((384, 576), "compiled", 1), ((512, 384), "eager", 1)]
-    assert {r["recompile limit"] for r in rows} == {2}
+    assert {r.recompile_limit for r in rows} == {2}
     assert dynamo_limit.recompile_limit == process_limit  # the limit was P3's backbone's own
-    assert all(r["pad multiple"] == 32 and r["first call ms"] > 0 for r in rows)
+    assert all(r.pad_multiple == 32 and r.first_call_ms > 0 for r in rows)
     # the eager shape stays eager: calling it again compiles nothing
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     pipe(study.ctx.images["c"])
@@ -63,16 +64,16 @@ def test_p4_raises_the_limit_to_32_even_after_p3_hit_its_own_in_the_same_process
     p3 = optimize.build_pipeline(study.base, "p3")
     p4 = optimize.build_pipeline(study.base, "p4")  # P4's limit is its backbone's own ...
     assert dynamo_limit.recompile_limit == process_limit
-    assert [r["graph"] for r in warm_shapes(study.ctx, "p3", p3)].count("eager") == 1  # ... P3 still gets 2
+    assert [r.graph for r in warm_shapes(study.ctx, "p3", p3)].count("eager") == 1  # ... P3 still gets 2
     rows = warm_shapes(study.ctx, "p4", p4)
     assert p4.recipe_info["compile"].recompile_limit == optimize.RECOMPILE_LIMIT == 32
     assert _graph(rows) == [((384, 512), "compiled", 2), ((384, 576), "compiled", 1), ((512, 384), "compiled", 1)]
-    assert {r["recompile limit"] for r in rows} == {32} and dynamo_limit.recompile_limit == process_limit
+    assert {r.recompile_limit for r in rows} == {32} and dynamo_limit.recompile_limit == process_limit
     # and P3, called again after P4 ran, still has only its own two graphs: its third shape stays eager
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     p3(study.ctx.images["c"])
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
-    assert all(r["pad multiple"] == 64 for r in rows)
+    assert all(r.pad_multiple == 64 for r in rows)
     assert fallbacks.finding(rows) == ("p4 (recompile limit 32, pad 64): 3 shapes, all compiled; none of the 4 "
                                        "benchmark images ran eager.")
 
@@ -115,14 +116,14 @@ def test_default_recompile_limit_is_dynamos_whatever_the_knob_says(dynamo_limit)
 
 
 ROWS = [
-    {"recipe": "p3", "shape (h, w)": [384, 512], "pad multiple": 32, "images": 5, "recompile limit": 8,
-     "graph": "compiled", "first call ms": 30000.0},
-    {"recipe": "p3", "shape (h, w)": [384, 608], "pad multiple": 32, "images": 4, "recompile limit": 8,
-     "graph": "eager", "first call ms": 200.0},
-    {"recipe": "p3", "shape (h, w)": [352, 640], "pad multiple": 32, "images": 1, "recompile limit": 8,
-     "graph": "eager", "first call ms": 200.0},
-    {"recipe": "p4", "shape (h, w)": [384, 640], "pad multiple": 64, "images": 10, "recompile limit": 32,
-     "graph": "compiled", "first call ms": 3000.0},
+    ShapeCompile("p3", (384, 512), pad_multiple=32, image="a", images=5, first_call_ms=30000.0, recompile_limit=8,
+                 graph="compiled"),
+    ShapeCompile("p3", (384, 608), pad_multiple=32, image="b", images=4, first_call_ms=200.0, recompile_limit=8,
+                 graph="eager"),
+    ShapeCompile("p3", (352, 640), pad_multiple=32, image="c", images=1, first_call_ms=200.0, recompile_limit=8,
+                 graph="eager"),
+    ShapeCompile("p4", (384, 640), pad_multiple=64, image="a", images=10, first_call_ms=3000.0, recompile_limit=32,
+                 graph="compiled"),
 ]
 
 
@@ -146,3 +147,9 @@ def test_shape_table_has_a_row_per_shape():
     assert list(table["graph"]) == ["compiled", "eager", "eager", "compiled"]
     assert list(table.columns[:4]) == ["recipe", "shape (h, w)", "pad multiple", "graph"]
     assert fallbacks.shape_table([]).empty
+
+
+def test_distinct_shapes_table_shows_each_paddings_shapes():
+    table = fallbacks.distinct_shapes_table([PaddedShapes("p3", 32, [(64, 96), (96, 64)]), PaddedShapes("p4", 64, [])])
+    assert list(table.columns) == ["recipe", "pad multiple", "distinct shapes", "shapes (h, w)"]
+    assert table["distinct shapes"].tolist() == [2, 0] and table.loc[0, "shapes (h, w)"] == [[64, 96], [96, 64]]

@@ -327,7 +327,7 @@ def test_the_pipeline_on_npu1_gives_the_cpu_detections_and_p4_compiles(python, t
         from blendstudy.data.coco import CocoDataset
         from blendstudy.ops import deform_conv as D
         from blendstudy.optimize import build_pipeline
-        from blendstudy.predictor import load_pipeline
+        from blendstudy.loading import load_pipeline
 
         ds = generate_synthetic_coco({str(tmp_path)!r}, 1, seed=2024, split_name="check", show_progress=False)
         coco = CocoDataset(ds.ann_file, ds.image_dir)

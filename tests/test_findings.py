@@ -12,7 +12,9 @@ import pytest
 from blendstudy.emulation import EMULATE_VAR, EMULATED_NOTE
 from blendstudy.measure.agreement import AccuracyReport
 from blendstudy.measure.latency import LatencyStats, PairedComparison
+from blendstudy.measure.roofline import Peaks, rows
 from blendstudy.results import ExtrasResult, LatencyResult, OfflineResult, StageResult, load_all_results, save_results
+from blendstudy.stage_results import STAGE_RECORDS
 from blendstudy.study import findings
 from blendstudy.study.notebook_lines import notebook_lines
 
@@ -35,19 +37,23 @@ def _acc(passed: bool, **kw) -> AccuracyReport:
 
 
 def _stage(stage: str, previous: str, speedup: float, passed: bool, **extra) -> StageResult:
-    rec = StageResult(stage=stage, previous=previous, runs={stage: _run(stage, 100.0 / speedup)},
-                      comparisons={f"{stage} vs baseline": _pair("baseline", stage, speedup),
-                                   f"{stage} vs {previous}": _pair(previous, stage, 1.1)},
-                      accuracy={f"{stage} vs baseline": _acc(passed)}, gate={f"{stage} vs baseline": passed})
+    kind = STAGE_RECORDS.get(stage, StageResult)
+    rec = kind(stage=stage, previous=previous, runs={stage: _run(stage, 100.0 / speedup)},
+               comparisons={f"{stage} vs baseline": _pair("baseline", stage, speedup),
+                            f"{stage} vs {previous}": _pair(previous, stage, 1.1)},
+               accuracy={f"{stage} vs baseline": _acc(passed)}, gate={f"{stage} vs baseline": passed})
     for k, v in extra.items():
         setattr(rec, k, v)
     return rec
 
 
+PEAKS = Peaks({"fp32": 100e9, "bf16": 200e9}, "AVX512", ["avx512_bf16"], 1024)
+
+
 def _write_run(folder):
     results = folder / "results"
     save_results(results, "p0_resize", _stage("p0", "baseline", 1.03, True), {})
-    extras = ExtrasResult(latency={"best_cpu": _run("best_cpu", 60.0)},
+    extras = ExtrasResult(runs={"best_cpu": _run("best_cpu", 60.0)},
                           accuracy={"best_cpu vs baseline": _acc(False)}, gate={"best_cpu vs baseline": False},
                           paired_vs_baseline={"p4": _pair("baseline", "p4", 0.93),
                                               "best_cpu": _pair("baseline", "best_cpu", 1.69)})
@@ -60,7 +66,11 @@ def _write_run(folder):
                                     "openvino static vs baseline": _pair("baseline", "ov", 1.91)},
                        gate={"onnxruntime dynamic vs baseline": False, "openvino static vs baseline": True},
                        memory=[{"pipeline": "baseline", "peak_rss_mb": 568.1, "peak_device_mb": None},
-                               {"pipeline": "openvino static", "peak_rss_mb": 676.3, "peak_device_mb": None}])
+                               {"pipeline": "openvino static", "peak_rss_mb": 676.3, "peak_device_mb": None}],
+                       roofline=rows("best_cpu", {"resize": 5.0, "backbone+FPN": 40.0, "mask paste": 15.0},
+                                     {"backbone+FPN": 2e9}, {"backbone+FPN": "bf16"}, PEAKS)
+                       + rows("onnxruntime dynamic", {"resize": 5.0, "dense network": 30.0, "mask paste": 15.0},
+                              {"dense network": 2e9}, {}, PEAKS))
     save_results(results, "p6_offline", p6, {}, environment={"emulated": False, "device": "cpu"})
     return load_all_results(results, ["p0_resize", "p4_pad64", "p6_offline"])
 
@@ -145,6 +155,9 @@ def test_one_line_per_notebook_with_links(tmp_path):
     assert "p0: 1.10 (1.00-1.20) vs baseline" in by_name["p0_resize"]  # previous is the baseline: said once
     assert "fastest extra: best_cpu 1.69 (1.59-1.79) vs baseline (gate: fail)" in by_name["p4_pad64"]
     assert "fastest backend: onnxruntime dynamic, 2.11 (2.01-2.21) vs baseline" in by_name["p6_offline"]
+    # the roofline says where the fastest backend and the PyTorch recipe it is paired with differ
+    assert ("Roofline: best_cpu: network 40.0 ms in bf16, 25% of its peak, host 20.0 ms; onnxruntime dynamic: "
+            "network 30.0 ms in fp32, 67% of its peak, host 20.0 ms") in by_name["p6_offline"]
     assert "this page" in by_name["summary"]
 
 

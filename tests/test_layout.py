@@ -91,3 +91,17 @@ def test_commands_come_from_the_explicit_list():
     assert list(sub.choices) == ["predict", "weights", "bench", "profile", "compare", "eval", "export",
                                 "reproduce", "doctor"]
     assert all(hasattr(module, "register") for module in COMMANDS)
+
+
+def test_rooms_stay_small():
+    """No module over 400 lines and no function over 60 in the library (issue 21's bar: a function
+    longer than a screen is cut at its natural seams, a module that grows past 400 is split)."""
+    long_modules, long_functions = [], []
+    for path in PACKAGE.rglob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        if text.count("\n") > 400:
+            long_modules.append(f"{path.relative_to(PACKAGE)}: {text.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60:
+                long_functions.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name}")
+    assert not long_modules and not long_functions, long_modules + long_functions

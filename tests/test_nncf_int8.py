@@ -8,11 +8,11 @@ import pytest
 
 from blendstudy.backends import BackendError, ExportError, export_onnx, load_backend
 from blendstudy.backends.common import read_meta
+from blendstudy.backends.engines import OpenVINOBackend
 from blendstudy.backends.nncf_int8 import quantize_openvino, specialize
-from blendstudy.backends.runtimes import OpenVINOBackend
 from blendstudy.data.synthetic import render_synthetic_image
+from blendstudy.loading import load_pipeline
 from blendstudy.pipeline import Pipeline
-from blendstudy.predictor import load_pipeline
 from blendstudy.study.offline_int8 import int8_methods, runs_on
 
 pytest.importorskip("openvino")

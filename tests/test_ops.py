@@ -265,7 +265,7 @@ def _top_k_with_ties(keep: torch.Tensor, scores: torch.Tensor, k: int) -> list:
 @pytest.mark.parametrize("k", [1, 5, 30, 100, 1000])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_nms_max_keep_gives_the_post_nms_top_k(monkeypatch, seed, k, chunk):
-    monkeypatch.setattr(ops, "NMS_CHUNK", chunk)
+    monkeypatch.setattr(ops.boxes, "NMS_CHUNK", chunk)
     gen = torch.Generator().manual_seed(20 + seed)
     n = 400
     boxes = random_boxes(gen, n, size=120.0, integer=seed == 0)
@@ -298,7 +298,7 @@ def test_nms_max_keep_stops_early_on_ties_only_after_the_run():
 
 
 def _fixed_nms(boxes, scores, idxs, valid, thr, steps=None):
-    from blendstudy.decode_sync_free import NMS_STEPS, greedy_nms_fixed
+    from blendstudy.model.decode_sync_free import NMS_STEPS, greedy_nms_fixed
 
     keep, converged = greedy_nms_fixed(boxes, scores, idxs, valid, thr, steps or NMS_STEPS)
     assert bool(converged)
@@ -348,7 +348,7 @@ def test_nms_matrix_fixed_short_suppression_chain():
 
 
 def test_nms_fixed_long_chain_is_flagged_and_exact_with_enough_steps():
-    from blendstudy.decode_sync_free import NMS_STEPS, greedy_nms_fixed
+    from blendstudy.model.decode_sync_free import NMS_STEPS, greedy_nms_fixed
 
     boxes, scores, idxs, valid = _sliding_chain(100)
     _, converged = greedy_nms_fixed(boxes, scores, idxs, valid, 0.5, NMS_STEPS)
@@ -612,9 +612,8 @@ def _devices():
     return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-def test_nms_matches_torchvision(monkeypatch):
+def test_nms_matches_torchvision():
     tv = _torchvision_or_skip()
-    monkeypatch.setattr(ops, "_USE_TORCHVISION", False)
     gen = torch.Generator().manual_seed(0)
     for dev in _devices():
         for seed_n in (50, 300):
@@ -622,14 +621,16 @@ def test_nms_matches_torchvision(monkeypatch):
             scores = torch.rand(seed_n, generator=gen).to(dev)
             idxs = torch.randint(0, 4, (seed_n,), generator=gen).to(dev)
             for thr in (0.3, 0.5, 0.7):
-                assert ops.nms(boxes, scores, thr).tolist() == tv.nms(boxes, scores, thr).tolist()
-                assert set(ops.batched_nms(boxes, scores, idxs, thr).tolist()) == \
-                    set(tv.batched_nms(boxes, scores, idxs, thr).tolist())
+                ours = ops.nms(boxes, scores, thr)
+                assert ours.tolist() == tv.nms(boxes, scores, thr).tolist()
+                assert ours.tolist() == ops.nms(boxes, scores, thr, impl="torchvision").tolist()
+                ours = set(ops.batched_nms(boxes, scores, idxs, thr).tolist())
+                assert ours == set(tv.batched_nms(boxes, scores, idxs, thr).tolist())
+                assert ours == set(ops.batched_nms(boxes, scores, idxs, thr, impl="torchvision").tolist())
 
 
-def test_roi_align_matches_torchvision(monkeypatch):
+def test_roi_align_matches_torchvision():
     tv = _torchvision_or_skip()
-    monkeypatch.setattr(ops, "_USE_TORCHVISION", False)
     feat, rois = _roi_case(11)
     rois = rois[rois[:, 3] > rois[:, 1]]
     for dev in _devices():
@@ -638,6 +639,21 @@ def test_roi_align_matches_torchvision(monkeypatch):
                 ours = ops.roi_align(feat.to(dev), rois.to(dev), (4, 3), 0.5, sr, aligned)
                 theirs = tv.roi_align(feat.to(dev), rois.to(dev), (4, 3), 0.5, sr, aligned)
                 torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+                routed = ops.roi_align(feat.to(dev), rois.to(dev), (4, 3), 0.5, sr, aligned, impl="torchvision")
+                assert torch.equal(routed, theirs)
+
+
+def test_the_kernel_choice_is_an_argument():
+    boxes = torch.tensor([[0.0, 0, 10, 10], [1.0, 1, 10, 10]])
+    scores = torch.tensor([0.9, 0.8])
+    with pytest.raises(ValueError, match="impl must be one of"):
+        ops.nms(boxes, scores, 0.5, impl="cuda")
+    with pytest.raises(ValueError, match="impl must be one of"):
+        ops.roi_align(torch.zeros(1, 1, 4, 4), torch.zeros((1, 5)), (2, 2), 1.0, 1, True, impl="")
+    if ops.torchvision_ops() is None:  # an explicit choice that cannot be honoured is an error, not a fallback
+        with pytest.raises(RuntimeError, match="torchvision"):
+            ops.nms(boxes, scores, 0.5, impl="torchvision")
+    assert ops.nms(boxes, scores, 0.5, impl="native").tolist() == [0]
 
 
 def test_roi_sampler_slices_are_roi_align_bit_for_bit():
@@ -646,14 +662,13 @@ def test_roi_sampler_slices_are_roi_align_bit_for_bit():
     xy = torch.rand(30, 2, generator=g) * 120 - 20
     boxes = torch.cat([xy, xy + torch.rand(30, 2, generator=g) * 60 + 0.5], 1)
     rois = torch.cat([torch.randint(0, 2, (30, 1), generator=g).float(), boxes], 1)
-    want = ops.roi_align(feats, rois, (7, 7), 0.25, 1, True) if not ops._USE_TORCHVISION else None
+    want = ops.roi_align(feats, rois, (7, 7), 0.25, 1, True)
     sampler = ops.RoiSampler(feats, rois, (7, 7), 0.25, True)
     inside = sampler.inside(0, 30)
     assert len(sampler) == 30 and tuple(inside.shape) == (30, 1, 7, 7)
     assert 0 < inside.sum() < inside.numel()  # some sample points fall outside
     got = torch.cat([sampler.sample(s, s + 8) * sampler.inside(s, s + 8) for s in range(0, 30, 8)])
-    if want is not None:
-        assert torch.equal(got, want)
+    assert torch.equal(got, want)
 
 
 def test_box_iou_matches_the_numpy_reference_and_hand_values():

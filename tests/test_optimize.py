@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from blendstudy.data.images import read_image
+from blendstudy.loading import load_pipeline
 from blendstudy.measure.agreement import compare_runs
 from blendstudy.measure.pixels import resize_difference
 from blendstudy.model.layers import ConvNorm
@@ -31,7 +32,6 @@ from blendstudy.optimize import (
     recipe_switches,
 )
 from blendstudy.pipeline import Pipeline, PipelineOptions
-from blendstudy.predictor import load_pipeline
 from conftest import fixture
 
 MIN_SIZE, MAX_SIZE = 256, 400
@@ -52,7 +52,7 @@ def avx512_cpu(monkeypatch):
 
 def test_bf16_switches_skip_without_avx512(monkeypatch):
     from blendstudy import device as devmod
-    from blendstudy.predictor import load_pipeline
+    from blendstudy.loading import load_pipeline
 
     monkeypatch.setattr(devmod, "cpu_capability", lambda: "AVX2")
     loaded = load_pipeline("BlendMask/Tiny_synthetic", "tiny_synthetic", "cpu")
@@ -113,7 +113,7 @@ def test_describe_recipes_rows():
 
 def test_a_switch_the_device_cannot_run_is_skipped_with_its_reason(monkeypatch):
     from blendstudy import device as devmod
-    from blendstudy.predictor import load_pipeline
+    from blendstudy.loading import load_pipeline
 
     loaded = load_pipeline("BlendMask/Tiny_synthetic", "tiny_synthetic", "cpu")
     monkeypatch.setattr(devmod, "unsupported_switch",
@@ -292,7 +292,7 @@ def test_sync_free_decode_is_exact(base, images, reference):
 
 
 def test_sync_free_decode_flags_a_too_small_candidate_set_and_falls_back(base, images, reference, monkeypatch):
-    import blendstudy.decode_sync_free as dsf
+    import blendstudy.model.decode_sync_free as dsf
 
     monkeypatch.setattr(dsf, "NMS_CANDIDATES", 20)  # fewer than the 100 detections to keep
     pipe = build_pipeline(base, ["sync_free_decode"])
@@ -333,9 +333,9 @@ def test_device_resize_is_close_to_pil_when_shrinking(base, images):
     assert _pil_vs_device_pixels(base, images[IMAGES[0]]) < 1.0
     # what the P0 notebook shows: PIL's images against the device's, in grey levels
     rows = resize_difference(base, build_pipeline(base, ["device_resize"]), {n: images[n] for n in IMAGES})
-    assert [r["image"] for r in rows] == IMAGES
+    assert [r.image for r in rows] == IMAGES
     for r in rows:
-        assert 0 < r["mean"] < 1.0 and r["max"] <= 2.0 and 0 < r["differs"] < 0.5
+        assert 0 < r.mean < 1.0 and r.max <= 2.0 and 0 < r.differs < 0.5
 
 
 def test_cpu_device_resize_works_on_uint8_like_pil(base, images):

@@ -15,9 +15,9 @@ from torch.overrides import TorchFunctionMode
 
 from blendstudy import optimize
 from blendstudy.data.images import read_image
+from blendstudy.loading import load_pipeline
 from blendstudy.options import HOST_FIELDS, InferenceOptions, read_by
 from blendstudy.pipeline import Pipeline
-from blendstudy.predictor import load_pipeline
 from blendstudy.runtime import RuntimeConfig
 from conftest import fixture
 

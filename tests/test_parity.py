@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from blendstudy.cli import main
-from blendstudy.masks import decode_rle
+from blendstudy.coco.rle import decode_rle
 from blendstudy.ops import box_iou
 from conftest import fixture
 

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from blendstudy.data.images import read_image
+from blendstudy.loading import load_pipeline
 from blendstudy.measure import profile as prof
 from blendstudy.measure.profile import (
-    STAGES,
+    STEPS,
     StageProfile,
     count_flops,
     efficiency,
@@ -22,7 +23,6 @@ from blendstudy.measure.profile import (
 )
 from blendstudy.optimize import build_pipeline
 from blendstudy.pipeline import Pipeline
-from blendstudy.predictor import load_pipeline
 from conftest import fixture
 
 
@@ -44,14 +44,14 @@ def image_path():
 
 
 def test_stages_are_the_seeds_eleven():
-    assert len(STAGES) == 11 and len(set(STAGES)) == 11
-    assert STAGES[0] == "read" and STAGES[-1] == "result extraction"
+    assert len(STEPS) == 11 and len(set(STEPS)) == 11
+    assert STEPS[0] == "read" and STEPS[-1] == "result extraction"
 
 
 def test_profiled_call_times_every_stage(pipe, image_path):
     torch.manual_seed(0)
     st = profiled_call(pipe, image_path)
-    assert list(st) == STAGES
+    assert list(st) == STEPS
     assert all(v >= 0.0 for v in st.values())
     assert st["backbone+FPN"] > 0.0 and st["resize"] > 0.0
 
@@ -70,14 +70,14 @@ def test_every_stage_is_marked_exactly_once_in_both_resize_modes(model, image_pa
     assert p.options.resize == resize
     small = read_image(image_path)[:120, :160]
     st = profiled_call(p, small, clock=_counting_clock())
-    assert st == {k: 1000.0 for k in STAGES}
+    assert st == {k: 1000.0 for k in STEPS}
 
 
 def test_profile_stages_one_image(pipe, image_path):
     torch.manual_seed(0)
     res = profile_stages(pipe, [image_path], warmup=0, repeats=1, progress=False)
     assert isinstance(res, StageProfile)
-    assert list(res.stage_ms) == STAGES and list(res.samples_ms) == STAGES
+    assert list(res.stage_ms) == STEPS and list(res.samples_ms) == STEPS
     assert all(len(v) == 1 for v in res.samples_ms.values())
     assert res.runs == 1
     assert res.input_size == "640x480"  # width x height of the original image
@@ -86,7 +86,7 @@ def test_profile_stages_one_image(pipe, image_path):
     assert res.overhead_ms == pytest.approx(res.total_ms - res.end_to_end_ms)
     assert res.peak_memory_mb is None or res.peak_memory_mb >= 0
     frame = res.frame()
-    assert list(frame["stage"]) == STAGES and frame["share"].str.endswith("%").all()
+    assert list(frame["stage"]) == STEPS and frame["share"].str.endswith("%").all()
     d = res.to_dict()
     assert d["stage_ms"] == res.stage_ms and d["overhead_ms"] == res.overhead_ms and d["runs"] == 1
 
@@ -108,7 +108,7 @@ def test_profile_stages_total_is_the_median_of_totals(monkeypatch):
 
     def fake(pipeline, image, clock=None):
         r = next(seq)
-        return {k: r.get(k, 0.0) for k in STAGES}
+        return {k: r.get(k, 0.0) for k in STEPS}
 
     monkeypatch.setattr(prof, "profiled_call", fake)
     fp = _FakePipeline()

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from blendstudy import optimize
+from blendstudy.loading import load_pipeline
 from blendstudy.measure.profile import count_flops
 from blendstudy.measure.roofline import (
     Peaks,
@@ -17,8 +18,7 @@ from blendstudy.measure.roofline import (
     rows,
     stage_flops,
 )
-from blendstudy.predictor import load_pipeline
-from blendstudy.roofline_report import plot_roofline, roofline_frame, roofline_summary
+from blendstudy.roofline_report import network_and_host, plot_roofline, roofline_frame, roofline_summary
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +92,15 @@ def test_measured_peaks_are_positive():
     assert fp32 and fp32 > 0
     ort_fp32 = pytest.importorskip("blendstudy.measure.roofline").ort_fp32_gemm_peak(n=128, repeats=2)
     assert ort_fp32 is None or ort_fp32 > 0
+    from blendstudy.device import no_native_bf16
+    from blendstudy.measure.roofline import openvino_gemm_peak
+
+    pytest.importorskip("openvino")
+    assert openvino_gemm_peak("fp32", n=128, repeats=2) > 0
+    ov_bf16 = openvino_gemm_peak("bf16", n=128, repeats=2)
+    assert ov_bf16 > 0 if no_native_bf16(torch.device("cpu")) is None else (ov_bf16 is None or ov_bf16 > 0)
+    # the bf16 peak is the best of torch's and OpenVINO's (the offline bf16 backend's kernels)
+    assert gemm_peak(torch.device("cpu"), "bf16", n=128, repeats=2) > 0
     pytest.importorskip("onnxruntime")
     int8 = gemm_peak(torch.device("cpu"), "int8", n=128, repeats=2)
     assert int8 and int8 > 0
@@ -109,3 +118,21 @@ def test_table_summary_and_figure(tmp_path):
     assert summary.loc["p4", "slowest part"] == "backbone+FPN"
     png = plot_roofline(rs, tmp_path / "roofline.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_network_and_host_says_which_side_makes_the_difference():
+    """A bf16 PyTorch network against an offline fp32 one, the same host work: the sentence puts each
+    network's time, precision and share of its peak side by side and blames the network."""
+    torch_rows = rows("best_cpu", {"resize": 2.0, "backbone+FPN": 10.0, "FCOS head": 2.0, "mask paste": 4.0},
+                      {"backbone+FPN": 1.6e9, "FCOS head": 0.2e9}, {"backbone+FPN": "bf16", "FCOS head": "bf16"},
+                      PEAKS)
+    offline = rows("openvino static", {"resize": 2.0, "dense network": 30.0, "mask paste": 4.0},
+                   {"dense network": 1.8e9}, {"dense network": "fp32"}, PEAKS)
+    line = network_and_host(torch_rows + offline, "best_cpu", "openvino static")
+    # 1.8 GFLOP at the 200 GFLOP/s bf16 peak is 9 ms of 12 ms (75%); at the 100 fp32 peak 18 of 30 ms (60%)
+    assert "best_cpu: network 12.0 ms in bf16, 75% of its peak, host 6.0 ms" in line
+    assert "openvino static: network 30.0 ms in fp32, 60% of its peak, host 6.0 ms" in line
+    assert "network +18.0 ms, host +0.0 ms -- the network accounts for most" in line
+    slower_host = rows("x", {"resize": 40.0, "dense network": 12.0}, {"dense network": 1.8e9}, {}, PEAKS)
+    assert "the host work accounts" in network_and_host(torch_rows + slower_host, "best_cpu", "x")
+    assert network_and_host(offline, "best_cpu", "openvino static") is None

@@ -8,9 +8,9 @@ from types import SimpleNamespace
 import pytest
 
 from blendstudy.measure.latency import LatencyStats, PairedComparison
-from blendstudy.measure.pixels import resize_difference_summary
+from blendstudy.measure.pixels import PixelDifference, resize_difference_summary
 from blendstudy.measure.roofline import Peaks, rows
-from blendstudy.results import LatencyResult, StageResult, save_results
+from blendstudy.results import DecodeStageResult, LatencyResult, save_results
 from blendstudy.study import sections
 from blendstudy.tables import Table
 
@@ -24,8 +24,8 @@ def _stats(mean: float) -> LatencyStats:
     return LatencyStats.from_samples([mean] * 4)
 
 
-def _stage() -> StageResult:
-    res = StageResult(stage="p1", previous="p0")
+def _stage() -> DecodeStageResult:
+    res = DecodeStageResult(stage="p1", previous="p0")
     res.recipes = [{"recipe": "p1", "switches": "device_resize, sync_free_decode"}]
     for name, ms in (("p0", 20.0), ("p1", 10.0)):
         res.add_latency(LatencyResult(name, _stats(ms), [ms] * 4, ["a"] * 4, first_call_ms=3 * ms,
@@ -39,8 +39,8 @@ def _stage() -> StageResult:
 
 
 def test_resize_difference_summary():
-    rows_ = [{"image": "a", "mean": 1.0, "p99": 4.0, "max": 9.0, "differs": 0.5},
-             {"image": "b", "mean": 3.0, "p99": 2.0, "max": 5.0, "differs": 0.1}]
+    rows_ = [PixelDifference("a", "4x4", mean=1.0, p99=4.0, max=9.0, differs=0.5),
+             PixelDifference("b", "4x4", mean=3.0, p99=2.0, max=5.0, differs=0.1)]
     mean, worst = resize_difference_summary(rows_)
     assert mean["over images"] == "mean" and mean["mean"] == 2.0 and mean["images"] == 2
     assert worst["max"] == 9.0 and worst["differs"] == 0.5

@@ -10,9 +10,20 @@ from matplotlib.figure import Figure
 from blendstudy import stage_figures as sf
 from blendstudy.emulation import EMULATE_VAR, EMULATED_NOTE
 from blendstudy.measure.latency import LatencyStats, PairedComparison, TailBreakdown
+from blendstudy.measure.pixels import PixelDifference
 from blendstudy.measure.profile import StageProfile
-from blendstudy.results import ExtrasResult, LatencyResult, StageResult
+from blendstudy.results import (
+    CompileStageResult,
+    DecodeStageResult,
+    ExtrasResult,
+    LatencyResult,
+    PaddingStageResult,
+    ResizeStageResult,
+    RuntimeStageResult,
+    StageResult,
+)
 from blendstudy.runtime import RuntimeConfig, SweepResult
+from blendstudy.stage_results import PaddedShapes, ShapeCompile
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -38,10 +49,10 @@ def _png(path):
 
 # ----------------------------------------------------------------------------- records
 def _p0():
-    rows = [{"image": "a.png", "size": "64x48", "mean": 0.01, "p99": 0.0, "max": 1.0, "differs": 0.01},
-            {"image": "b.png", "size": "64x48", "mean": 0.0, "p99": 0.0, "max": 0.0, "differs": 0.0},
-            {"image": "c.png", "size": "48x64", "mean": 0.2, "p99": 1.0, "max": 2.0, "differs": 0.15}]
-    return StageResult(stage="p0", previous="baseline", resize_difference=rows)
+    rows = [PixelDifference("a.png", "64x48", mean=0.01, p99=0.0, max=1.0, differs=0.01),
+            PixelDifference("b.png", "64x48", mean=0.0, p99=0.0, max=0.0, differs=0.0),
+            PixelDifference("c.png", "48x64", mean=0.2, p99=1.0, max=2.0, differs=0.15)]
+    return ResizeStageResult(stage="p0", previous="baseline", resize_difference=rows)
 
 
 def _profile(stage_ms):
@@ -58,8 +69,8 @@ def _paired(a, b, speedup, low, high):
 def _p1():
     profiles = {"p0": _profile({"resize": 1.0, "decode+NMS": 4.0, "blender": 5.0}),
                 "p1": _profile({"resize": 1.0, "decode+NMS": 1.0, "blender": 5.0})}
-    return StageResult(stage="p1", previous="p0", decode_profiles=profiles,
-                       comparisons={"p1 vs p0": _paired("p0", "p1", 1.42, 1.30, 1.55)})
+    return DecodeStageResult(stage="p1", previous="p0", decode_profiles=profiles,
+                             comparisons={"p1 vs p0": _paired("p0", "p1", 1.42, 1.30, 1.55)})
 
 
 def _sweep(name, p50, error=None):
@@ -69,7 +80,7 @@ def _sweep(name, p50, error=None):
 
 def _p2():
     sweep = [_sweep("threads=1", 30.0), _sweep("broken", None, "worker died"), _sweep("threads=2", 20.0)]
-    return StageResult(stage="p2", previous="p1", sweep=sweep, best=sweep[2])
+    return RuntimeStageResult(stage="p2", previous="p1", sweep=sweep, best=sweep[2])
 
 
 def _run(recipe, by_label):
@@ -79,8 +90,7 @@ def _run(recipe, by_label):
 
 
 def _compile_row(recipe, hw, image, images, ms, graph, pad=32, limit=8):
-    return {"recipe": recipe, "shape (h, w)": list(hw), "pad multiple": pad, "image": image, "images": images,
-            "first call ms": ms, "recompile limit": limit, "graph": graph, "backend": "inductor"}
+    return ShapeCompile(recipe, hw, pad, image, images, ms, limit, graph, "inductor")
 
 
 def _p3():
@@ -89,7 +99,7 @@ def _p3():
             _compile_row("other", (64, 96), "a.png", 2, 7000.0, "compiled")]
     runs = {"p2": _run("p2", {"a.png": [10.0, 12.0, 11.0], "b.png": [9.0], "c.png": [14.0, 16.0]}),
             "p3": _run("p3", {"a.png": [6.0, 8.0, 7.0], "b.png": [5.0], "c.png": [15.0, 13.0]})}
-    return StageResult(stage="p3", previous="p2", compile=rows, runs=runs)
+    return CompileStageResult(stage="p3", previous="p2", compile=rows, runs=runs)
 
 
 def _tail(control=True):
@@ -101,16 +111,14 @@ def _tail(control=True):
 
 
 def _p4():
-    shapes = [{"recipe": "p3", "pad multiple": 32, "distinct shapes": 3,
-               "shapes (h, w)": [[64, 96], [96, 64], [64, 128]]},
-              {"recipe": "p4", "pad multiple": 64, "distinct shapes": 2, "shapes (h, w)": [[64, 128], [128, 64]]}]
+    shapes = [PaddedShapes("p3", 32, [(64, 96), (96, 64), (64, 128)]), PaddedShapes("p4", 64, [(64, 128), (128, 64)])]
     rows = [_compile_row("p3", (64, 96), "a.png", 2, 5000.0, "compiled"),
             _compile_row("p3", (96, 64), "c.png", 1, 40.0, "eager"),
             _compile_row("p3", (64, 128), "d.png", 1, 4000.0, "compiled"),
             _compile_row("p4", (64, 128), "a.png", 3, 4000.0, "compiled", pad=64, limit=32),
             _compile_row("p4", (128, 64), "c.png", 1, 4000.0, "compiled", pad=64, limit=32)]
-    return StageResult(stage="p4", previous="p3", shapes=shapes, compile=rows,
-                       extras=ExtrasResult(tail_recipe="best_cpu", tail=_tail()))
+    return PaddingStageResult(stage="p4", previous="p3", shapes=shapes, compile=rows,
+                              extras=ExtrasResult(tail_recipe="best_cpu", tail=_tail()))
 
 
 PLOTS = [(sf.plot_pixel_difference, _p0), (sf.plot_decode, _p1), (sf.plot_sweep, _p2), (sf.plot_compile, _p3),

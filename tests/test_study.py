@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from blendstudy.data.images import read_image
+from blendstudy.loading import load_pipeline
 from blendstudy.paths import repo_root
-from blendstudy.predictor import load_pipeline
 from blendstudy.structures import Detections
 from blendstudy.study.context import Context, StudySpec, gate_ground_truth, gate_section
 from blendstudy.study.params import (

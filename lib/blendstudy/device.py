@@ -22,7 +22,7 @@ import os
 import platform
 import sys
 from functools import lru_cache
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
@@ -191,6 +191,28 @@ def cpu_capability() -> str:
         return str(torch.backends.cpu.get_cpu_capability())
     except Exception:  # older torch: no such query
         return "unknown"
+
+
+def cpu_flags(wanted: Sequence[str] = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8",
+                                       "amx_bf16")) -> List[str]:
+    """The ``wanted`` instruction-set flags /proc/cpuinfo announces (empty where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = next((ln.split(":", 1)[1].split() for ln in fh if ln.startswith("flags")), [])
+    except OSError:
+        return []
+    return [f for f in wanted if f in flags]
+
+
+def no_native_bf16(device: Any) -> Optional[str]:
+    """Why an offline runtime cannot compute bfloat16 natively on ``device`` (a CPU without
+    AVX512_BF16 or AMX-BF16 instructions: OpenVINO's CPU plugin then keeps float32), or None when it can.
+    Only the CPU is judged here; an accelerator's runtime decides its own precision."""
+    if getattr(device, "type", str(device)) != "cpu":
+        return "bf16 offline variants are a CPU-runtime setting (OpenVINO's inference precision)"
+    if {"avx512_bf16", "amx_bf16"} & set(cpu_flags()):
+        return None
+    return "this CPU announces neither AVX512_BF16 nor AMX-BF16: OpenVINO would run float32"
 
 
 def unsupported_switch(device: Any, switch: str) -> Optional[str]:

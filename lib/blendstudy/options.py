@@ -22,7 +22,7 @@ HALF_PARTS = ("backbone", "basis_module", "tower_convs")
 #: the parts of the network that can be compiled
 COMPILE_TARGETS = ("backbone", "proposal_generator", "basis_module")
 #: the fields that act outside the dense network (pre-processing, decode, blender, paste, the
-#: process): what still applies when an offline runtime runs the network (P6)
+#: process): what still applies when an offline engine runs the network (P6)
 HOST_FIELDS = ("resize", "decode", "pad_multiple", "raw_masks", "blend_upsample", "blend_chunk", "runtime")
 
 

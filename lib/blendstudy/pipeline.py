@@ -1,7 +1,7 @@
 """End-to-end inference: detectron2 DefaultPredictor's pre-processing, the model, its post-processing.
 
 One image in (BGR uint8 HxWx3, as read_image / cv2.imread give it), `Detections` out, in pixels of
-the original image. Every stage is its own method so the profiler times exactly what runs. The
+the original image. Every step is its own method so the profiler times exactly what runs. The
 optimization switches (blendstudy.optimize) change behaviour only through the InferenceOptions the
 pipeline and its model are built with: the pipeline reads the pre- and post-processing fields
 (resize, decode, pad_multiple, raw_masks, dtype, channels_last), the model those it was constructed
@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from blendstudy import ops
-from blendstudy.decode_sync_free import decode_sync_free
 from blendstudy.model.blendmask import BlendMask
+from blendstudy.model.decode_sync_free import decode_sync_free
 from blendstudy.model.fcos import HeadOutputs, Proposals
 from blendstudy.options import DTYPES, InferenceOptions
 from blendstudy.structures import Detections
@@ -57,7 +57,7 @@ def resized_shape(h: int, w: int, short_edge: int, max_size: int) -> Tuple[int, 
 
 
 class Pipeline:
-    """Callable: `pipeline(image_bgr) -> Detections`. Stage methods are public for profiling."""
+    """Callable: `pipeline(image_bgr) -> Detections`. Step methods are public for profiling."""
 
     def __init__(self, model: BlendMask, min_size: int = 800, max_size: int = 1333,
                  options: Optional[InferenceOptions] = None, dense: Optional[DenseRunner] = None):
@@ -243,16 +243,16 @@ class Pipeline:
                           image_size=output_size, masks=full,
                           raw_masks=masks.float() if self.options.raw_masks else None)
 
-    # ---- all together: the ONE stage sequence -------------------------------------------------
+    # ---- all together: the ONE step sequence --------------------------------------------------
     @torch.no_grad()
     def __call__(self, image: np.ndarray) -> Detections:
-        return self.run_stages(image)
+        return self.run_steps(image)
 
     @torch.no_grad()
-    def run_stages(self, image: np.ndarray, mark: Optional[Callable[[str], None]] = None) -> Detections:
-        """The pipeline's stages in order; ``mark(stage)`` is called right after each one (the
+    def run_steps(self, image: np.ndarray, mark: Optional[Callable[[str], None]] = None) -> Detections:
+        """The pipeline's steps in order; ``mark(step)`` is called right after each one (the
         profiler synchronises the device and reads its clock there; the FLOP count and plain calls
-        pass nothing). Stage names are those of STAGES (``read`` is the caller's), or
+        pass nothing). Step names are those of STEPS (``read`` is the caller's), or
         ``dense network`` for the backbone, head and bases together when an offline ``dense``
         runner replaces the model's network."""
         mark = mark or _no_mark
@@ -310,11 +310,12 @@ class Pipeline:
         return [self(im) for im in images]
 
 
-def _no_mark(stage: str) -> None:
+def _no_mark(step: str) -> None:
     return None
 
 
-#: The stages of one image, in order, as Pipeline.run_stages marks them ("read" is the file read
-#: before it); the profiler and the FLOP count walk the same sequence.
-STAGES = ["read", "resize", "to-device", "normalize+pad", "backbone+FPN", "FCOS head", "decode+NMS",
-          "basis module", "blender", "mask paste", "result extraction"]
+#: The steps of one image, in order, as Pipeline.run_steps marks them ("read" is the file read
+#: before it); the profiler and the FLOP count walk the same sequence. (The study's stages are
+#: P0..P6; these are the steps of one inference.)
+STEPS = ["read", "resize", "to-device", "normalize+pad", "backbone+FPN", "FCOS head", "decode+NMS",
+         "basis module", "blender", "mask paste", "result extraction"]

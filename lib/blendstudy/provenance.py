@@ -3,7 +3,7 @@ checkout's git commit, the environment lock the venv was installed from, whether
 the emulated one, and what this process reads back about its own runtime (threads, cores, runtime
 variables, the NPU task queue). blendstudy.device.environment_info records the lock, the git commit
 and whether emulated beside the device's own facts; code_fingerprint names the code in a prediction
-run's identity (blendstudy.predictor).
+run's identity (blendstudy.loading).
 """
 
 from __future__ import annotations

@@ -169,7 +169,7 @@ def extras_table(extras: Any) -> pd.DataFrame:
     the recipe's own run, and the gate's verdict (an ExtrasResult)."""
     rows = []
     for r, c in extras.paired_vs_baseline.items():
-        s = extras.latency[r].stats
+        s = extras.latency[r]
         rows.append({"recipe": r, "median speedup vs baseline": c.median_speedup, "CI low": c.ci_low,
                      "CI high": c.ci_high, "mean ms": s.mean, "P99/P50": s.p99 / s.p50,
                      "gate": "-" if r not in extras.gate else ("pass" if extras.gate[r] else "FAIL")})

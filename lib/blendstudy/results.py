@@ -1,12 +1,17 @@
 """The study's results schema, defined once: what each notebook writes and everything reads back.
 
 Every notebook writes ``<run folder>/results/<notebook>.json``: an envelope (:class:`ResultsFile`:
-name, created, created_by, params, environment, effective_runtime, figures) around one typed
-record (``extra``): :class:`EnvCheckResult`, :class:`WeightsCheckResult`, :class:`BaselineResult`,
-:class:`StageResult` (P0..P4, P2's sweep and P4's extras included), :class:`OfflineResult` (P6),
-:class:`EvalResult` (P5) or :class:`SummaryResult`. :func:`save_results` writes one,
-:func:`load_results` reads it back as the same types (``RECORD_TYPES`` says which notebook holds
-which). The accuracy gate's verdict is decided once, when a stage is measured, and stored here.
+schema, name, created, created_by, params, environment, effective_runtime, figures) around one
+typed record (``extra``): :class:`EnvCheckResult`, :class:`WeightsCheckResult`,
+:class:`BaselineResult`, a stage record per stage notebook P0..P4 (:class:`StageResult`'s
+subclasses, blendstudy.stage_results: :class:`ResizeStageResult`, :class:`DecodeStageResult`,
+:class:`RuntimeStageResult`, :class:`CompileStageResult`, :class:`PaddingStageResult` with P4's
+:class:`ExtrasResult`), :class:`OfflineResult` (P6), :class:`EvalResult` (P5) or
+:class:`SummaryResult`. :func:`save_results` writes one, :func:`load_results` reads it back as the
+same types (``RECORD_TYPES`` says which notebook holds which; a file of results schema 1 is
+upgraded as it is read, one of a schema this code does not know is refused). The accuracy gate's
+verdict is decided once, when a stage is measured, and stored here. ``.latency`` of any record
+is LatencyStats keyed by recipe (blendstudy.recipe_runs.RecipeRuns); ``.runs`` the runs behind it.
 
 Units: every ``*_ms`` and every LatencyStats field is in milliseconds; APs are percent; memory
 in MiB.
@@ -23,127 +28,36 @@ from typing import Any, Dict, List, Mapping, Optional, Type, TypeVar, Union
 
 from blendstudy import __version__
 from blendstudy.coco.evaluate import CocoMetrics
+from blendstudy.errors import UserError
 from blendstudy.jsonable import from_jsonable, to_jsonable
 from blendstudy.measure.agreement import AccuracyReport
-from blendstudy.measure.latency import LatencyRun, LatencyStats, PairedComparison, TailBreakdown
+from blendstudy.measure.latency import LatencyStats, PairedComparison
 from blendstudy.measure.profile import Efficiency, StageProfile
 from blendstudy.measure.roofline import RooflineRow
-from blendstudy.runtime import SweepResult
+from blendstudy.recipe_runs import LatencyResult, RecipeRuns
+from blendstudy.stage_results import (
+    CompileStageResult,
+    DecodeStageResult,
+    ExtrasResult,
+    PaddingStageResult,
+    ResizeStageResult,
+    RuntimeStageResult,
+    StageResult,
+    upgrade_v1,
+)
 
-__all__ = ["BaselineResult", "BenchResult", "EnvCheckResult", "EvalResult", "ExtrasResult", "LatencyResult",
-           "OfflineResult", "RECORD_TYPES", "RecipeRuns", "ResultsFile", "StageResult", "SummaryResult",
-           "WeightsCheckResult", "load_all_results", "load_results", "save_results"]
+__all__ = ["SCHEMA_VERSION", "BackendMeasurement", "BaselineResult", "BenchResult", "CompileStageResult",
+           "DecodeStageResult", "EnvCheckResult", "EvalResult", "ExtrasResult", "LatencyResult", "OfflineResult",
+           "PaddingStageResult", "RECORD_TYPES", "RecipeRuns", "ResizeStageResult", "ResultsFile",
+           "ResultsSchemaError", "RuntimeStageResult", "StageResult", "SummaryResult", "WeightsCheckResult",
+           "load_all_results", "load_results", "save_results"]
+
+#: The version of the results JSON this code writes (ResultsFile.schema). 1: files without the
+#: field (one StageResult for every stage); 2: a record per stage notebook (blendstudy.stage_results).
+SCHEMA_VERSION = 2
 
 PathLike = Union[str, "os.PathLike[str]"]
 R = TypeVar("R")
-
-
-@dataclass
-class LatencyResult:
-    """One recipe's latency run as the study keeps it (the samples, not the callables).
-
-    process: the measuring process's effective runtime (pid, threads, affinity, env) -- every
-    measurement states the process it ran in.
-    """
-
-    recipe: str
-    stats: LatencyStats
-    samples_ms: List[float]
-    labels: List[str]
-    first_call_ms: float
-    warmup_ms: List[float] = field(default_factory=list)
-    peak_memory_mb: Optional[float] = None
-    process: Dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def of(cls, recipe: str, run: LatencyRun, process: Dict[str, Any]) -> LatencyResult:
-        """A measure_latency run kept under ``recipe``, with the process that measured it."""
-        return cls(recipe, run.stats, run.samples_ms, run.labels, run.first_call_ms, run.warmup_ms,
-                   run.peak_memory_mb, process)
-
-
-class RecipeRuns:
-    """Per-recipe views of a record's latency runs (``runs``: recipe -> LatencyResult, the one
-    stored state): latency (stats), first_call_ms, samples_ms and peak_memory_mb keyed by recipe.
-    They are written into the results JSON for its readers (``JSON_VIEWS``) and rebuilt from
-    ``runs`` when a file is read back."""
-
-    JSON_VIEWS = ("latency", "first_call_ms", "samples_ms", "peak_memory_mb")
-    runs: Dict[str, LatencyResult]
-
-    @property
-    def latency(self) -> Dict[str, LatencyStats]:
-        return {r: run.stats for r, run in self.runs.items()}
-
-    @property
-    def first_call_ms(self) -> Dict[str, float]:
-        return {r: run.first_call_ms for r, run in self.runs.items()}
-
-    @property
-    def samples_ms(self) -> Dict[str, List[float]]:
-        return {r: run.samples_ms for r, run in self.runs.items()}
-
-    @property
-    def peak_memory_mb(self) -> Dict[str, Optional[float]]:
-        return {r: run.peak_memory_mb for r, run in self.runs.items()}
-
-    def add_latency(self, run: LatencyResult) -> None:
-        """Record one recipe's latency run under its recipe name."""
-        self.runs[run.recipe] = run
-
-
-@dataclass
-class ExtrasResult:
-    """P4's recipes beyond the seed: latency, the gate against the baseline, paired speedups
-    against the baseline, stage profiles, and the fastest recipe's tail split."""
-
-    latency: Dict[str, LatencyResult] = field(default_factory=dict)
-    accuracy: Dict[str, AccuracyReport] = field(default_factory=dict)
-    gate: Dict[str, bool] = field(default_factory=dict)
-    paired_vs_baseline: Dict[str, PairedComparison] = field(default_factory=dict)
-    profiles: Dict[str, StageProfile] = field(default_factory=dict)
-    tail_recipe: Optional[str] = None
-    tail: Optional[TailBreakdown] = None
-    same_as: Dict[str, str] = field(default_factory=dict)
-    #: per recipe (the baseline included) and part: FLOPs, time, achieved vs this process's GEMM peak
-    roofline: List[RooflineRow] = field(default_factory=list)
-
-
-@dataclass
-class StageResult(RecipeRuns):
-    """A stage of the chain (P0..P4) against its previous stage and the baseline.
-
-    runs (and its views latency / first_call_ms / samples_ms) keyed by recipe; comparisons by "<stage> vs <other>"
-    (paired A/B); accuracy and gate by "<stage> vs <reference>". recipes: the recipe table, with
-    any switch a device cannot run and why (``skipped``). Stage-specific parts: resize_difference
-    (P0), decode_profiles (P1), sweep / best / kernel (P2), compile (P3), shapes / dynamo_counters /
-    extras (P4).
-    """
-
-    stage: str
-    previous: str
-    recipes: List[Dict[str, Any]] = field(default_factory=list)
-    runs: Dict[str, LatencyResult] = field(default_factory=dict)
-    comparisons: Dict[str, PairedComparison] = field(default_factory=dict)
-    accuracy: Dict[str, AccuracyReport] = field(default_factory=dict)
-    gate: Dict[str, bool] = field(default_factory=dict)
-    ap_note: str = ""
-    resize_difference: List[Dict[str, Any]] = field(default_factory=list)
-    decode_profiles: Dict[str, StageProfile] = field(default_factory=dict)
-    sweep: List[SweepResult] = field(default_factory=list)
-    best: Optional[SweepResult] = None
-    best_files: Dict[str, str] = field(default_factory=dict)
-    compile: List[Dict[str, Any]] = field(default_factory=list)
-    shapes: List[Dict[str, Any]] = field(default_factory=list)
-    dynamo_counters: Dict[str, Any] = field(default_factory=dict)
-    extras: Optional[ExtrasResult] = None
-    processes: Dict[str, Dict[str, Any]] = field(default_factory=dict)
-    #: P2: what the notebook's own (interactive) kernel reads back about itself -- on an NPU, the task
-    #: queue torch_npu forces off there, which is why nothing is measured in the kernel
-    kernel: Dict[str, Any] = field(default_factory=dict)
-    weights: str = ""
-    random_weights: bool = False
-    model: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -186,6 +100,22 @@ class WeightsCheckResult:
 
 
 @dataclass
+class BackendMeasurement:
+    """What one offline backend's fresh worker measured (blendstudy.study.offline.measure_backend):
+    its table row, latency, paired A/Bs, gate, stage profile, peak memory and roofline rows."""
+
+    row: Dict[str, Any]
+    latency: LatencyResult
+    comparisons: Dict[str, PairedComparison]
+    accuracy: Dict[str, AccuracyReport]
+    gate: Dict[str, bool]
+    note: str
+    profile: StageProfile
+    memory: Dict[str, Any]
+    roofline: List[RooflineRow]
+
+
+@dataclass
 class OfflineResult(RecipeRuns):
     """P6: the dense part as an offline model, each backend in its own worker process."""
 
@@ -197,6 +127,8 @@ class OfflineResult(RecipeRuns):
     memory: List[Dict[str, Any]] = field(default_factory=list)
     profiles: Dict[str, StageProfile] = field(default_factory=dict)
     errors: Dict[str, str] = field(default_factory=dict)
+    #: what the params asked for and this run did not do, with the reason (e.g. no native bf16 here)
+    notes: Dict[str, str] = field(default_factory=dict)
     #: per backend and part (each measured in the backend's own worker): see ExtrasResult.roofline
     roofline: List[RooflineRow] = field(default_factory=list)
     runs: Dict[str, LatencyResult] = field(default_factory=dict)
@@ -208,6 +140,20 @@ class OfflineResult(RecipeRuns):
     weights: str = ""
     random_weights: bool = False
     model: Dict[str, Any] = field(default_factory=dict)
+
+    def add_backend(self, m: BackendMeasurement) -> None:
+        """Keep one backend's measurement under its label (``m.row["backend"]``)."""
+        label = m.row["backend"]
+        self.backends.append(m.row)
+        self.add_latency(m.latency)
+        self.comparisons.update(m.comparisons)
+        self.accuracy.update(m.accuracy)
+        self.gate.update(m.gate)
+        self.ap_note = m.note
+        self.profiles[label] = m.profile
+        self.roofline.extend(m.roofline)
+        self.processes[label] = m.latency.process
+        self.memory.append(m.memory)
 
 
 @dataclass
@@ -268,11 +214,11 @@ RECORD_TYPES: Dict[str, type] = {
     "env_check": EnvCheckResult,
     "weights_check": WeightsCheckResult,
     "baseline": BaselineResult,
-    "p0_resize": StageResult,
-    "p1_decode": StageResult,
-    "p2_runtime": StageResult,
-    "p3_compile": StageResult,
-    "p4_pad64": StageResult,
+    "p0_resize": ResizeStageResult,
+    "p1_decode": DecodeStageResult,
+    "p2_runtime": RuntimeStageResult,
+    "p3_compile": CompileStageResult,
+    "p4_pad64": PaddingStageResult,
     "p6_offline": OfflineResult,
     "p5_eval": EvalResult,
     "summary": SummaryResult,
@@ -281,7 +227,9 @@ RECORD_TYPES: Dict[str, type] = {
 
 @dataclass
 class ResultsFile:
-    """One results JSON: the envelope and its typed record (``extra``)."""
+    """One results JSON: the envelope and its typed record (``extra``). schema: the results schema
+    version the file was written in (SCHEMA_VERSION when written here; 1 for a file without it,
+    whose record was upgraded as it was read)."""
 
     name: str
     created: str
@@ -291,6 +239,26 @@ class ResultsFile:
     figures: Dict[str, str]
     extra: Any
     effective_runtime: Dict[str, Any] = field(default_factory=dict)
+    schema: int = SCHEMA_VERSION
+
+
+class ResultsSchemaError(UserError, ValueError):
+    """A results JSON of a schema version this code cannot read (one line: the file, its version
+    and the one expected)."""
+
+
+#: per schema version this code reads: how a record of that version becomes the current one
+_UPGRADES = {1: upgrade_v1, SCHEMA_VERSION: lambda extra: extra}
+
+
+def _schema(path: Path, data: Mapping[str, Any]) -> int:
+    """The file's schema version (1 when it names none); ResultsSchemaError if this code cannot read it."""
+    version = data.get("schema", 1)
+    if version not in _UPGRADES:
+        older = ", ".join(str(v) for v in sorted(_UPGRADES) if v != SCHEMA_VERSION)
+        raise ResultsSchemaError(f"{path}: results schema version {version}; this blendstudy ({__version__}) reads "
+                                 f"version {SCHEMA_VERSION} (and upgrades {older})")
+    return version
 
 
 def save_results(folder: PathLike, name: str, record: Any, params: Mapping[str, Any],
@@ -323,14 +291,20 @@ def save_results(folder: PathLike, name: str, record: Any, params: Mapping[str, 
 
 def load_results(folder: PathLike, name: str, record_type: Optional[Type[R]] = None) -> ResultsFile:
     """The results JSON ``<folder>/<name>.json`` with its record rebuilt as ``record_type``
-    (default RECORD_TYPES[name]). Raises FileNotFoundError naming the file when absent."""
+    (default RECORD_TYPES[name]); a stage record of an older schema is upgraded first (fields
+    its record no longer has are ignored). Raises FileNotFoundError naming the file when absent,
+    ResultsSchemaError (one line) when its schema version is one this code cannot read."""
     p = Path(folder) / f"{name}.json"
     if not p.is_file():
         raise FileNotFoundError(f"{p}: no results (has notebook {name} run?)")
     data = json.loads(p.read_text(encoding="utf-8"))
+    version = _schema(p, data)
     kind = record_type or RECORD_TYPES.get(name)
-    out = from_jsonable(ResultsFile, {**data, "extra": None})
-    out.extra = from_jsonable(kind, data.get("extra")) if kind is not None else data.get("extra")
+    extra = data.get("extra")
+    if isinstance(kind, type) and issubclass(kind, StageResult):
+        extra = _UPGRADES[version](extra)
+    out = from_jsonable(ResultsFile, {**data, "extra": None, "schema": version})
+    out.extra = from_jsonable(kind, extra) if kind is not None else extra
     return out
 
 

@@ -12,7 +12,7 @@ from blendstudy.jsonable import to_jsonable
 
 PathLike = Union[str, Path]
 
-__all__ = ["plot_roofline", "roofline_frame", "roofline_summary"]
+__all__ = ["network_and_host", "plot_roofline", "roofline_frame", "roofline_summary"]
 
 
 def _dicts(rows: Sequence[Any]) -> list:
@@ -56,6 +56,45 @@ def roofline_summary(rows: Sequence[Any]) -> pd.DataFrame:
                     "GEMM parts' % of peak": None if not achieved or not peak else round(100 * achieved / peak, 1),
                     "slowest part": g.loc[g["ms"].idxmax(), "part"]})
     return pd.DataFrame(out)
+
+
+#: the parts that are the network (a PyTorch recipe's, or an offline engine's dense network); the rest
+#: -- pre-processing, decode+NMS, blender, paste -- is the host work around it
+NETWORK_PARTS = ("backbone+FPN", "FCOS head", "basis module", "dense network")
+
+
+def _split(df: pd.DataFrame, pipeline: str) -> Optional[dict]:
+    g = df[df["pipeline"] == pipeline]
+    if g.empty:
+        return None
+    net = g[g["part"].isin(NETWORK_PARTS) & (g["gflop"] > 0)]
+    net_ms = float(net["ms"].sum())
+    peak_ms = float((net["gflop"] / net["peak_gflops"]).sum()) * 1000.0 if net["peak_gflops"].notna().all() else None
+    precisions = "+".join(dict.fromkeys(net["precision"])) or "-"
+    return {"net_ms": net_ms, "host_ms": float(g["ms"].sum()) - net_ms, "precision": precisions,
+            "pct": None if not peak_ms or net_ms <= 0 else 100.0 * peak_ms / net_ms}
+
+
+def network_and_host(rows: Sequence[Any], a: str, b: str) -> Optional[str]:
+    """Where two pipelines' times differ, from their roofline rows: each one's network (NETWORK_PARTS)
+    in ms, its precision and the share of that precision's measured peak it achieves
+    (the time the FLOPs would take at peak over the time they took), and its host work in ms; then
+    which of the two accounts for most of the difference. None when either has no rows."""
+    df = pd.DataFrame(_dicts(rows))
+    if df.empty:
+        return None
+    x, y = _split(df, a), _split(df, b)
+    if x is None or y is None:
+        return None
+
+    def one(name: str, s: dict) -> str:
+        pct = "" if s["pct"] is None else f", {s['pct']:.0f}% of its peak"
+        return f"{name}: network {s['net_ms']:.1f} ms in {s['precision']}{pct}, host {s['host_ms']:.1f} ms"
+
+    d_net, d_host = y["net_ms"] - x["net_ms"], y["host_ms"] - x["host_ms"]
+    side = "network" if abs(d_net) >= abs(d_host) else "host work"
+    return (f"{one(a, x)}; {one(b, y)}. {b} minus {a}: network {d_net:+.1f} ms, host {d_host:+.1f} ms "
+            f"-- the {side} accounts for most of the difference.")
 
 
 def plot_roofline(rows: Sequence[Any], path: PathLike, title: Optional[str] = None) -> Path:

@@ -6,10 +6,12 @@
     P3  plot_compile           per padded shape: first call (the compile) against the steady call
     P4  plot_shapes_and_tail   the distinct shapes at each padding, and the fastest recipe's tail
 
-Each ``plot_*`` takes the stage's StageResult (blendstudy.results) and a path, draws with seaborn
+Each ``plot_*`` takes the stage's record (blendstudy.stage_results: ResizeStageResult for P0 ...
+PaddingStageResult for P4) and a path, draws with seaborn
 on a matplotlib ``Figure`` with an Agg canvas (no pyplot state), saves a PNG and returns its Path.
 The data each one plots comes from a ``*_frame`` function of the record's fields, so what a figure
-shows can be read (and tested) as a DataFrame. On the emulated Ascend stack every title says so
+shows can be read (and tested) as a DataFrame; a record without the stage's part (another stage's,
+or the common StageResult) gives a figure that says so. On the emulated Ascend stack every title says so
 (blendstudy.emulation.EMULATED_NOTE).
 """
 
@@ -72,12 +74,12 @@ def _style():
 
 
 # ----------------------------------------------------------------------------- P0
-def pixel_difference_frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
-    """One row per image of ``resize_difference`` (P0): image, size, mean / p99 / max absolute
-    difference in grey levels (0-255), differs (share of values that differ, 0-1) and differs %;
-    the largest difference first, then the largest share."""
+def pixel_difference_frame(rows: Sequence[Any]) -> pd.DataFrame:
+    """One row per image of ``resize_difference`` (P0, a PixelDifference each): image, size, mean /
+    p99 / max absolute difference in grey levels (0-255), differs (share of values that differ, 0-1)
+    and differs %; the largest difference first, then the largest share."""
     cols = ["image", "size", "mean", "p99", "max", "differs"]
-    df = pd.DataFrame([{k: r.get(k) for k in cols} for r in rows], columns=cols)
+    df = pd.DataFrame([{k: getattr(r, k) for k in cols} for r in rows], columns=cols)
     for c in cols[2:]:
         df[c] = pd.to_numeric(df[c], errors="coerce").astype(float)
     df["differs %"] = df["differs"] * 100.0
@@ -89,7 +91,7 @@ def plot_pixel_difference(result: Any, path: PathLike, title: Optional[str] = No
     99th-percentile and mean difference in grey levels (right), images ordered by the largest."""
     import seaborn as sns
 
-    df = pixel_difference_frame(result.resize_difference)
+    df = pixel_difference_frame(getattr(result, "resize_difference", []))
     with _style():
         fig, (left, right) = _figure((9.0, 1.8 + 0.22 * max(len(df), 3)), ncols=2, sharey=True)
         if df.empty:
@@ -130,7 +132,7 @@ def plot_decode(result: Any, path: PathLike, title: Optional[str] = None) -> Pat
     """P1: stacked bars per profile (the previous stage's and this one's, on the same images):
     decode+NMS and the rest of the image's stages in ms, with the paired end-to-end speedup
     (95 % CI) of this stage over the previous one in the title."""
-    df = decode_frame(result.decode_profiles)
+    df = decode_frame(getattr(result, "decode_profiles", {}))
     with _style():
         fig, (ax,) = _figure((8.0, 1.8 + 0.6 * max(df["profile"].nunique(), 1)))
         if df.empty:
@@ -181,7 +183,7 @@ def plot_sweep(result: Any, path: PathLike, title: Optional[str] = None) -> Path
     its P99 as a mark; a setting that could not be measured is listed with its error."""
     import seaborn as sns
 
-    df = sweep_frame(result.sweep, result.best)
+    df = sweep_frame(getattr(result, "sweep", []), getattr(result, "best", None))
     with _style():
         fig, (ax,) = _figure((8.0, 1.8 + 0.45 * max(len(df), 2)))
         if df.empty:
@@ -214,21 +216,21 @@ def _image_medians(run: Any) -> Dict[str, float]:
     return {k: float(np.median(v)) for k, v in by.items()}
 
 
-def compile_frame(rows: Sequence[Mapping[str, Any]], runs: Mapping[str, Any], recipe: str,
+def compile_frame(rows: Sequence[Any], runs: Mapping[str, Any], recipe: str,
                   previous: Optional[str] = None) -> pd.DataFrame:
-    """One row per padded shape ``recipe`` met (the compile rows of blendstudy.fallbacks): shape
+    """One row per padded shape ``recipe`` met (its ShapeCompile rows, blendstudy.fallbacks): shape
     ("HxW"), graph (compiled / eager), images, first call s (the compile, for a compiled shape),
     steady ms (median of ``recipe``'s measured calls on the shape's first image, from ``runs``) and
     previous ms (the same for ``previous``, None without it)."""
     mine, before = _image_medians(runs.get(recipe)), _image_medians(runs.get(previous) if previous else None)
     out = []
     for r in rows:
-        if r.get("recipe") != recipe:
+        if r.recipe != recipe:
             continue
-        h, w = r["shape (h, w)"]
-        image = str(r.get("image"))
-        out.append({"shape": f"{h}x{w}", "graph": r.get("graph"), "images": int(r.get("images") or 0),
-                    "first call s": float(r.get("first call ms") or 0.0) / 1000.0, "image": image,
+        h, w = r.shape
+        image = str(r.image)
+        out.append({"shape": f"{h}x{w}", "graph": r.graph, "images": int(r.images or 0),
+                    "first call s": float(r.first_call_ms or 0.0) / 1000.0, "image": image,
                     "steady ms": mine.get(image), "previous ms": before.get(image)})
     cols = ["shape", "graph", "images", "first call s", "image", "steady ms", "previous ms"]
     return pd.DataFrame(out, columns=cols)
@@ -240,7 +242,8 @@ def plot_compile(result: Any, path: PathLike, title: Optional[str] = None) -> Pa
     the shape's first image), with the compiled / eager count in the title."""
     import seaborn as sns
 
-    df = compile_frame(result.compile, result.runs, result.stage, result.previous)
+    rows = getattr(result, "compile", [])
+    df = compile_frame(rows, result.runs, result.stage, result.previous)
     with _style():
         fig, (left, right) = _figure((10.0, 1.9 + 0.4 * max(len(df), 2)), ncols=2, sharey=True)
         if df.empty:
@@ -263,7 +266,7 @@ def plot_compile(result: Any, path: PathLike, title: Optional[str] = None) -> Pa
         left.set_ylabel("padded shape (h x w)")
         left.set_xlabel("first call (s)")
         right.set_xlabel("median ms per call on the shape's first image")
-        s = next(iter(fallbacks.by_recipe([r for r in result.compile if r.get("recipe") == result.stage])), None)
+        s = next(iter(fallbacks.by_recipe([r for r in rows if r.recipe == result.stage])), None)
         said = (f": {s['compiled']} of {s['shapes']} shapes compiled (recompile limit {s['recompile limit']}), "
                 f"{s['eager']} eager -- {s['eager images']} of {s['images']} images") if s else ""
         fig.suptitle(title or f"{result.stage}: compile against steady state{said}")
@@ -271,18 +274,19 @@ def plot_compile(result: Any, path: PathLike, title: Optional[str] = None) -> Pa
 
 
 # ----------------------------------------------------------------------------- P4
-def shapes_frame(shapes: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, Any]] = ()) -> pd.DataFrame:
-    """One row per distinct padded shape of each recipe (P4's ``shapes``): recipe, pad multiple, h, w,
-    grid (e.g. "pad 64 (p4): 4 shapes"), and from the compile ``rows`` of the same recipe and shape
-    images (benchmark images of that shape) and graph (compiled / eager); None where they do not say."""
-    said = {(r.get("recipe"), tuple(int(x) for x in r["shape (h, w)"])): r for r in rows}
+def shapes_frame(shapes: Sequence[Any], rows: Sequence[Any] = ()) -> pd.DataFrame:
+    """One row per distinct padded shape of each recipe (P4's ``shapes``, a PaddedShapes per recipe):
+    recipe, pad multiple, h, w, grid (e.g. "pad 64 (p4): 4 shapes"), and from the compile ``rows``
+    (ShapeCompile) of the same recipe and shape images (benchmark images of that shape) and graph
+    (compiled / eager); None where they do not say."""
+    said = {(r.recipe, tuple(int(x) for x in r.shape)): r for r in rows}
     out = []
     for s in shapes:
-        grid = f"pad {s.get('pad multiple')} ({s.get('recipe')}): {len(s.get('shapes (h, w)') or [])} shapes"
-        for h, w in s.get("shapes (h, w)") or []:
-            row = said.get((s.get("recipe"), (int(h), int(w))), {})
-            out.append({"recipe": s.get("recipe"), "pad multiple": s.get("pad multiple"), "h": int(h), "w": int(w),
-                        "grid": grid, "images": row.get("images"), "graph": row.get("graph")})
+        grid = f"pad {s.pad_multiple} ({s.recipe}): {len(s.shapes)} shapes"
+        for h, w in s.shapes:
+            row = said.get((s.recipe, (int(h), int(w))))
+            out.append({"recipe": s.recipe, "pad multiple": s.pad_multiple, "h": int(h), "w": int(w), "grid": grid,
+                        "images": getattr(row, "images", None), "graph": getattr(row, "graph", None)})
     return pd.DataFrame(out, columns=["recipe", "pad multiple", "h", "w", "grid", "images", "graph"])
 
 
@@ -307,7 +311,7 @@ def plot_shapes_and_tail(result: Any, path: PathLike, title: Optional[str] = Non
     per-image medians and the one-image control run (result.extras.tail)."""
     import seaborn as sns
 
-    shapes = shapes_frame(result.shapes, result.compile)
+    shapes = shapes_frame(getattr(result, "shapes", []), getattr(result, "compile", []))
     extras = getattr(result, "extras", None)
     tail = tail_frame(extras.tail if extras is not None else None)
     with _style():

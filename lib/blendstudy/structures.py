@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from blendstudy.masks import decode_rle, encode_rle
+from blendstudy.coco.rle import decode_rle, encode_rle
 from blendstudy.ops import paste_masks
 
 

@@ -5,9 +5,7 @@ where the three model calls were: `head, bases = backend(batch)`."""
 
 from blendstudy.backends.ascend import atc_command, parse_npu_smi, soc_version
 from blendstudy.backends.common import BackendError, ExportError, output_names
-from blendstudy.backends.export import REL_TOLERANCE, DenseWrapper, ExportResult, export_onnx
-from blendstudy.backends.quantize import quantize_onnx
-from blendstudy.backends.runtimes import (
+from blendstudy.backends.engines import (
     BACKENDS,
     DenseBackend,
     OmBackend,
@@ -16,6 +14,8 @@ from blendstudy.backends.runtimes import (
     load_backend,
     ort_providers,
 )
+from blendstudy.backends.export import REL_TOLERANCE, DenseWrapper, ExportResult, export_onnx
+from blendstudy.backends.quantize import quantize_onnx
 from blendstudy.backends.shapes import PerShapeBackend
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""What export and the runtimes share: the errors, the model directory's layout and record
+"""What export and the engines share: the errors, the model directory's layout and record
 (model.json), the network's identity in a config, and turning flat outputs back into HeadOutputs."""
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class ExportError(RuntimeError):
 
 
 class BackendError(RuntimeError):
-    """A model directory or runtime that cannot serve the pipeline; one line naming the thing and the fix."""
+    """A model directory or engine that cannot serve the pipeline; one line naming the thing and the fix."""
 
 
 def _lookup(cfg: Any, key: str) -> Any:

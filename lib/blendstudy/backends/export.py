@@ -220,7 +220,7 @@ def _exportable(model: BlendMask, config: Any, config_name: Optional[str]) -> Tu
         deform = [f"the model's {', '.join(layers)} layers"] if layers else []
     if deform:
         raise ExportError(f"{name}: {'; '.join(deform)}: deformable convolutions are not exportable until "
-                          "blendstudy exports and verifies them on the runtimes (ONNX DeformConv is opset 19)")
+                          "blendstudy exports and verifies them on the engines (ONNX DeformConv is opset 19)")
     if any(p.dtype != torch.float32 for p in model.parameters()):
         raise ExportError("export_onnx needs a float32 model (build it without the float16/bfloat16 switch)")
     return config, name
@@ -250,7 +250,7 @@ def _trace_batch(model: BlendMask, input_size: Optional[Tuple[int, int]], dynami
 
 def _checkpoint_digest(checkpoint: Optional[str]) -> Tuple[Optional[Path], Optional[str]]:
     """(the weights file ``checkpoint`` names, its sha256); (None, None) for random weights."""
-    from blendstudy.predictor import resolve_weights
+    from blendstudy.loading import resolve_weights
 
     ckpt_path = resolve_weights(checkpoint)
     if ckpt_path is None:

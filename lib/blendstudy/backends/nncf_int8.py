@@ -15,14 +15,14 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from blendstudy.backends.common import INPUT_NAME, META_FILE, ExportError, PathLike, read_meta, write_meta
-from blendstudy.backends.runtimes import _model_file, _openvino_core, openvino_properties
+from blendstudy.backends.engines import _model_file, _openvino_core, openvino_properties
 
-__all__ = ["IR_FILE", "compiled_layer_precisions", "quantize_openvino", "specialize"]
+__all__ = ["IR_FILE", "calibration_batches", "compiled_layer_precisions", "quantize_openvino", "specialize"]
 
 IR_FILE = "model.xml"
 
@@ -33,6 +33,13 @@ def _nncf():
     except ImportError:
         raise ExportError("nncf is not installed: pip install nncf (pinned in env/requirements-cpu.txt)") from None
     return nncf
+
+
+def calibration_batches(prepare: Callable[[np.ndarray], Tuple[Any, Any]], images: Iterable[np.ndarray]
+                        ) -> List[np.ndarray]:
+    """The network inputs int8 is calibrated on: each image as ``prepare`` (the host pipeline's
+    Pipeline.prepare: resized, normalised, padded) makes it, a (1, 3, H, W) float32 array."""
+    return [np.ascontiguousarray(prepare(image)[0].detach().cpu().numpy(), dtype=np.float32) for image in images]
 
 
 def _dataset(nncf: Any, batches: Sequence[np.ndarray]) -> Any:

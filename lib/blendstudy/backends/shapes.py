@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Mapping, Tuple
 import torch
 
 from blendstudy.backends.common import BackendError
-from blendstudy.backends.runtimes import DenseBackend
+from blendstudy.backends.engines import DenseBackend
 from blendstudy.model.fcos import HeadOutputs
 
 __all__ = ["PerShapeBackend"]

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-from blendstudy.cli.common import UserError
+from blendstudy.cli.common import UserError, random_init_arg
 from blendstudy.jsonable import to_jsonable
 from blendstudy.tables import text
 
@@ -84,6 +84,7 @@ class CompareRequest:
     n_boot: int = 2000
     confidence: float = 0.95
     max_ap_change: float = 0.3
+    random_init: str = "adelaidet"
 
 
 def _params(req: CompareRequest):
@@ -93,7 +94,8 @@ def _params(req: CompareRequest):
 
     bench = ({"source": "coco", "annotations": req.annotations, "images": req.images} if req.annotations
              else {"source": "folder", "images": req.images})
-    return StudyParams.from_mapping({"model": {"config": req.config, "weights": req.weights},
+    return StudyParams.from_mapping({"model": {"config": req.config, "weights": req.weights,
+                                               "random_init": req.random_init},
                                      "data": {"benchmark": bench},
                                      "accuracy": {"max_ap_change": req.max_ap_change, "confidence": req.confidence}},
                                     path="compare")
@@ -106,7 +108,7 @@ def _pipeline(ctx: Any, spec: Spec):
 
     if spec.backend is None:
         return ctx.pipeline(spec.recipe)
-    pipe = optimize.build_pipeline(ctx.loaded.pipeline, "+".join(["baseline", *optimize.host_switches(spec.recipe)]))
+    pipe = optimize.build_pipeline(ctx.loaded.pipeline, optimize.host_recipe(spec.recipe))
     pipe.dense = load_backend(spec.backend, spec.model_dir, config=ctx.params.model.config,
                               checkpoint=ctx.loaded.weights or "random")
     pipe.recipe_info["dense"] = pipe.dense.describe()
@@ -121,14 +123,15 @@ def measure(req: CompareRequest) -> Dict[str, Any]:
     """In the worker: build both sides, warm every padded shape, the paired A/B, the gate of B
     against A. Returns {"comparison", "accuracy", "note", "process", "pipelines"}."""
     from blendstudy.data.images import list_images, read_image
+    from blendstudy.loading import load_pipeline
     from blendstudy.measure.latency import paired_compare
     from blendstudy.measure.worker import process_info
-    from blendstudy.predictor import load_pipeline
     from blendstudy.study.context import Context, StudySpec
     from blendstudy.study.steps import warm_shapes
 
     params = _params(req)
-    loaded = load_pipeline(req.config, req.weights, req.device, req.score_thresh, warn_random=False)
+    loaded = load_pipeline(req.config, req.weights, req.device, req.score_thresh, warn_random=False,
+                           random_init=req.random_init)
     images = {p.name: read_image(p) for p in list_images([req.images])}
     ctx = Context(StudySpec(str(params.path), str(Path(req.images))), params, loaded, images)
     name_a, name_b = _names(req)
@@ -171,7 +174,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     req = CompareRequest(args.config, weights, args.device, args.score_thresh, str(Path(args.images).resolve()),
                          str(Path(args.annotations).resolve()) if args.annotations else None,
                          parse_spec(args.a), parse_spec(args.b), rounds=args.rounds, warmup=args.warmup,
-                         max_ap_change=args.max_ap_change)
+                         max_ap_change=args.max_ap_change, random_init=args.random_init)
     with Worker(WorkerSpec(label="compare")) as worker:
         res = worker.call(measure, req)
     cmp, rep = res["comparison"], res["accuracy"]
@@ -192,6 +195,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser("compare", help="paired A/B of two recipes or offline models, with the accuracy gate")
     c.add_argument("--config", required=True, help="config path or shipped name")
     c.add_argument("--weights", default=None, help=".pth, 'tiny_synthetic', or omit for random weights")
+    random_init_arg(c)
     c.add_argument("--device", default="auto")
     c.add_argument("--score-thresh", type=float, default=None)
     c.add_argument("--images", required=True, metavar="DIR", help="the images both sides run on")

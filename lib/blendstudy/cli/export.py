@@ -12,11 +12,11 @@ from typing import List
 import numpy as np
 
 from blendstudy.backends import atc_command, export_onnx, soc_version
-from blendstudy.cli.common import UserError
+from blendstudy.cli.common import UserError, random_init_arg
 from blendstudy.config import load_config
 from blendstudy.data.images import ImageReadError, list_images, read_image
-from blendstudy.optimize import build_pipeline, host_switches
-from blendstudy.predictor import LoadedPipeline, load_pipeline
+from blendstudy.loading import LoadedPipeline, load_pipeline
+from blendstudy.optimize import build_pipeline, host_recipe
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -25,7 +25,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.input_size is None and not args.dynamic:
         raise UserError("give --input-size H W (a fixed-size model) or --dynamic")
     load_config(args.config)  # an unknown or unsupported config stops here, in one line
-    loaded = load_pipeline(args.config, args.weights, "cpu", warn_random=False)
+    loaded = load_pipeline(args.config, args.weights, "cpu", warn_random=False, random_init=args.random_init)
     if args.quantize:
         return export_int8(args, loaded)
     res = export_onnx(loaded.pipeline.model, args.out, input_size=tuple(args.input_size) if args.input_size else None,
@@ -49,16 +49,17 @@ def cmd_export(args: argparse.Namespace) -> int:
 def calibration_batches(loaded: LoadedPipeline, folder: str, recipe: str, count: int) -> List[np.ndarray]:
     """The first ``count`` images of ``folder`` prepared as ``recipe``'s host switches prepare them
     (resized, normalised, padded); an unreadable image is one line on stderr and skipped."""
-    host = build_pipeline(loaded.pipeline, "+".join(["baseline", *host_switches(recipe)]))
-    batches: List[np.ndarray] = []
+    from blendstudy.backends.nncf_int8 import calibration_batches as prepared
+
+    images: List[np.ndarray] = []
     for path in list_images(folder)[:count]:
         try:
-            batches.append(host.prepare(read_image(path))[0].numpy())
+            images.append(read_image(path))
         except ImageReadError as exc:
             print(f"blendstudy: {exc}", file=sys.stderr)
-    if not batches:
+    if not images:
         raise UserError(f"--calibration-images {folder}: no readable image to calibrate int8 on")
-    return batches
+    return prepared(build_pipeline(loaded.pipeline, host_recipe(recipe)).prepare, images)
 
 
 def export_int8(args: argparse.Namespace, loaded: LoadedPipeline) -> int:
@@ -88,6 +89,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("export", help="export the dense part to ONNX (checked against eager PyTorch)")
     e.add_argument("--config", required=True, help="config path or shipped name, e.g. BlendMask/R_101_3x")
     e.add_argument("--weights", default=None, help=".pth, 'tiny_synthetic', or omit for random weights")
+    random_init_arg(e)
     e.add_argument("--format", default="onnx", choices=["onnx"])
     e.add_argument("--out", required=True, help="model directory (model.onnx + model.json)")
     size = e.add_mutually_exclusive_group()

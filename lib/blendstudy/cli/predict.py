@@ -10,9 +10,9 @@ from typing import Dict, List, Sequence
 
 from tqdm import tqdm
 
-from blendstudy.cli.common import EXIT_PARTIAL, UserError, attach_backend, backend_args
+from blendstudy.cli.common import EXIT_PARTIAL, UserError, attach_backend, backend_args, random_init_arg
 from blendstudy.data.images import ImageReadError, list_images, read_image
-from blendstudy.predictor import load_pipeline
+from blendstudy.loading import load_pipeline
 from blendstudy.visualize import save_visualization
 
 
@@ -34,7 +34,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             errors[str(item)] = str(exc)
     if not paths:
         raise UserError(f"no readable images among {', '.join(args.inputs)}")
-    loaded = load_pipeline(args.config, args.weights, args.device, args.score_thresh)
+    loaded = load_pipeline(args.config, args.weights, args.device, args.score_thresh, random_init=args.random_init)
     pipe = attach_backend(args, loaded.pipeline)
     out: Dict[str, object] = {
         "source": f"blendstudy native BlendMask, {loaded.device}, {loaded.pipeline.options.dtype}"
@@ -64,6 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     pr = sub.add_parser("predict", help="run BlendMask on images, write detections JSON")
     pr.add_argument("--config", required=True, help="config path or shipped name, e.g. BlendMask/R_101_3x")
     pr.add_argument("--weights", default=None, help=".pth checkpoint (or 'tiny_synthetic'); omit for random")
+    random_init_arg(pr)
     pr.add_argument("--device", default="auto", help="auto, cpu, cuda[:N], npu[:N]")
     pr.add_argument("--score-thresh", type=float, default=None, help="override MODEL.FCOS.INFERENCE_TH_TEST")
     pr.add_argument("--output-json", required=True)

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Mapping, Sequence, Union
 
 import numpy as np
 
-from blendstudy.masks import encode_rle
+from blendstudy.coco.rle import encode_rle
 from blendstudy.structures import Detections, has_masks
 
 __all__ = ["CategoryMap", "coco_from_dict", "detections_to_coco", "has_masks"]

@@ -1,6 +1,6 @@
 """The doctor's checks of the Python environment: the profile's pins (fit this Python, installed,
 `pip check`), setuptools for the editable install, nbconvert + mistune, torch's own requirements,
-jupytext for `make lab`, the offline runtimes of the profile."""
+jupytext for `make lab`, the offline engines of the profile."""
 
 from __future__ import annotations
 

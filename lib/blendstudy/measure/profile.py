@@ -1,5 +1,8 @@
-"""Per-stage breakdown of one image's inference (the seed's 11-stage profile, 001's two sizes),
-the profiler's own overhead, peak device memory, and FLOP efficiency against the matmul peak."""
+"""Per-step breakdown of one image's inference (the seed's 11-step profile, 001's two sizes),
+the profiler's own overhead, peak device memory, and FLOP efficiency against the matmul peak.
+
+The steps are blendstudy.pipeline.STEPS. The names StageProfile, profile_stages and the record's
+``stage_ms`` keep the seed's word "stage" for them: they are the results files' schema."""
 
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from tqdm import tqdm
 from blendstudy import device as devmod
 from blendstudy.data.images import read_image
 from blendstudy.measure.clock import Stopwatch, timed_call
-from blendstudy.pipeline import STAGES, Pipeline
+from blendstudy.pipeline import STEPS, Pipeline
 
 ImageLike = Union[str, Path, np.ndarray]
 
@@ -53,9 +56,9 @@ def _read(x: ImageLike) -> np.ndarray:
 
 def profiled_call(pipeline: Pipeline, image: ImageLike, clock: Callable[[], float] = time.perf_counter
                   ) -> Dict[str, float]:
-    """Run one image through the pipeline's stage sequence (Pipeline.run_stages), synchronising
-    the device at every stage boundary (measure.clock.Stopwatch). Returns {stage: ms} over STAGES
-    (0.0 for a stage this pipeline does not have), plus any stage an offline runner adds."""
+    """Run one image through the pipeline's step sequence (Pipeline.run_steps), synchronising
+    the device at every step boundary (measure.clock.Stopwatch). Returns {step: ms} over STEPS
+    (0.0 for a step this pipeline does not have), plus any step an offline runner adds."""
     watch = Stopwatch(pipeline.device, clock)
     t: Dict[str, float] = {}
     img = _read(image)
@@ -64,8 +67,8 @@ def profiled_call(pipeline: Pipeline, image: ImageLike, clock: Callable[[], floa
     def mark(stage: str) -> None:
         t[stage] = t.get(stage, 0.0) + watch.lap()
 
-    pipeline.run_stages(img, mark)
-    out = {k: t.get(k, 0.0) for k in STAGES}
+    pipeline.run_steps(img, mark)
+    out = {k: t.get(k, 0.0) for k in STEPS}
     out.update({k: v for k, v in t.items() if k not in out})
     return out
 
@@ -101,13 +104,13 @@ def profile_stages(pipeline: Pipeline, images: Sequence[ImageLike], warmup: int 
 
 # ---- efficiency -------------------------------------------------------------------------------
 def count_flops(pipeline: Pipeline, image: np.ndarray) -> float:
-    """FLOPs of one image through the pipeline's stage sequence (Pipeline.run_stages), counted by
+    """FLOPs of one image through the pipeline's step sequence (Pipeline.run_steps), counted by
     torch.utils.flop_counter: convolutions and matmuls, i.e. the network, the attention and the
     blender; resizing, NMS, ROIAlign and pasting are not counted."""
     from torch.utils.flop_counter import FlopCounterMode
 
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        pipeline.run_stages(image)
+        pipeline.run_steps(image)
     return float(counter.get_total_flops())
 
 

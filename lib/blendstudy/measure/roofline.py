@@ -1,7 +1,7 @@
 """A roofline per pipeline part: the FLOPs each part executes, its time, the FLOP/s it achieves,
 and the fraction of this machine's measured GEMM peak for the precision the part runs in.
 
-The parts group the pipeline's stages (blendstudy.pipeline.STAGES): host pre-processing, backbone+FPN,
+The parts group the pipeline's steps (blendstudy.pipeline.STEPS): host pre-processing, backbone+FPN,
 the FCOS head (towers, predictors, BlendMask's attention), decode+NMS, the basis module, the blender
 and host post-processing; an offline model's ``dense network`` is one part. FLOPs are counted by
 torch.utils.flop_counter (convolutions and matmuls) on the eager equivalent of the pipeline, image by
@@ -23,9 +23,10 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 import torch
 
+from blendstudy.device import cpu_flags
 from blendstudy.measure.clock import timed_call
 
-#: pipeline part -> the stages (Pipeline.run_stages' marks) it is made of, in pipeline order
+#: pipeline part -> the steps (Pipeline.run_steps' marks) it is made of, in pipeline order
 PARTS: Dict[str, List[str]] = {
     "host pre": ["read", "resize", "to-device", "normalize+pad"],
     "backbone+FPN": ["backbone+FPN"],
@@ -94,17 +95,6 @@ def int8_gemm_peak(n: int = 1024, repeats: int = 5, threads: Optional[int] = Non
     return 2.0 * n ** 3 / (_best_ms(lambda: sess.run(None, {"a": a}), torch.device("cpu"), repeats) / 1000.0)
 
 
-def cpu_flags(wanted: Sequence[str] = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8",
-                                       "amx_bf16")) -> List[str]:
-    """The ``wanted`` instruction-set flags /proc/cpuinfo announces (empty where it cannot be read)."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            flags = next((ln.split(":", 1)[1].split() for ln in fh if ln.startswith("flags")), [])
-    except OSError:
-        return []
-    return [f for f in wanted if f in flags]
-
-
 def ort_fp32_gemm_peak(n: int = 1024, repeats: int = 5, threads: Optional[int] = None) -> Optional[float]:
     """Best-of-``repeats`` FLOP/s of ONNX Runtime's fp32 MatMul (n x n x n) on the CPU; None without it."""
     try:
@@ -126,18 +116,51 @@ def ort_fp32_gemm_peak(n: int = 1024, repeats: int = 5, threads: Optional[int] =
     return 2.0 * n ** 3 / (_best_ms(lambda: sess.run(None, {"a": a}), torch.device("cpu"), repeats) / 1000.0)
 
 
+def openvino_gemm_peak(precision: str, n: int = 1024, repeats: int = 5) -> Optional[float]:
+    """Best-of-``repeats`` FLOP/s of OpenVINO's CPU MatMul (n x n x n, a constant weight) compiled
+    with the inference precision ``precision`` ("fp32" or "bf16": the precisions P6's OpenVINO
+    backends run in); None without openvino, or where the CPU plugin will not run that precision."""
+    try:
+        import openvino as ov
+        import openvino.opset13 as ops
+    except ImportError:
+        return None
+    rng = np.random.default_rng(0)
+    a = ops.parameter([n, n], np.float32, name="a")
+    model = ov.Model([ops.matmul(a, ops.constant(rng.standard_normal((n, n), dtype=np.float32)), False, False)],
+                     [a], "gemm")
+    hint = {"fp32": "f32", "bf16": "bf16"}[precision]
+    try:
+        compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": hint,
+                                                          "PERFORMANCE_HINT": "LATENCY"})
+    except Exception:  # a CPU without native bf16 refuses the hint
+        return None
+    request, x = compiled.create_infer_request(), rng.standard_normal((n, n), dtype=np.float32)
+    return 2.0 * n ** 3 / (_best_ms(lambda: request.infer({0: x}), torch.device("cpu"), repeats) / 1000.0)
+
+
 def gemm_peak(device: torch.device, precision: str, n: int = 1024, repeats: int = 5) -> Optional[float]:
-    """The measured GEMM peak of one precision: "fp32" the best of torch and (CPU) ONNX Runtime;
-    "bf16"/"fp16" by torch; "int8" by ONNX Runtime (CPU only). None where it cannot be measured."""
+    """The measured GEMM peak of one precision, the best of the implementations the study's
+    pipelines run on this device: "fp32" torch, and on a CPU ONNX Runtime and OpenVINO; "bf16" torch
+    and on a CPU OpenVINO (whose AMX kernels can beat torch's matmul); "fp16" torch; "int8" ONNX
+    Runtime (CPU only). None where it cannot be measured."""
     if precision == "int8":
         return int8_gemm_peak(n, repeats) if device.type == "cpu" else None
     best = torch_gemm_peak(device, _TORCH_DTYPES[precision], n, repeats)
-    if precision == "fp32" and device.type == "cpu":
-        best = max(best, ort_fp32_gemm_peak(n, repeats) or 0.0)
+    if device.type == "cpu" and precision in ("fp32", "bf16"):
+        others = [openvino_gemm_peak(precision, n, repeats)]
+        if precision == "fp32":
+            others.append(ort_fp32_gemm_peak(n, repeats))
+        best = max([best, *(o for o in others if o)])
     return best
 
 
-def measure_peaks(device: torch.device, precisions: Sequence[str] = ("fp32",), n: int = 1024,
+#: the GEMM size of the peaks: 2048 (17 GFLOP a call). On CPUs with AMX a 1024 bf16 matmul stays well
+#: below the tiles' full rate, so real convolutions would beat that "peak" (README, "What we found")
+PEAK_GEMM_SIZE = 2048
+
+
+def measure_peaks(device: torch.device, precisions: Sequence[str] = ("fp32",), n: int = PEAK_GEMM_SIZE,
                   repeats: int = 5) -> Peaks:
     """This process's GEMM peaks on ``device`` for ``precisions`` (those that cannot be measured
     here are left out)."""
@@ -146,8 +169,8 @@ def measure_peaks(device: torch.device, precisions: Sequence[str] = ("fp32",), n
 
 
 def stage_flops(pipeline, image: np.ndarray) -> Dict[str, float]:
-    """FLOPs of each stage of one image through ``pipeline`` (Pipeline.run_stages), counted by
-    torch.utils.flop_counter between the stage marks. Run it on an eager pipeline: a compiled
+    """FLOPs of each step of one image through ``pipeline`` (Pipeline.run_steps), counted by
+    torch.utils.flop_counter between the step marks. Run it on an eager pipeline: a compiled
     module under the counter would be traced again."""
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -160,7 +183,7 @@ def stage_flops(pipeline, image: np.ndarray) -> Dict[str, float]:
             out[stage] = out.get(stage, 0.0) + total - seen[0]
             seen[0] = total
 
-        pipeline.run_stages(image, mark)
+        pipeline.run_steps(image, mark)
     return out
 
 

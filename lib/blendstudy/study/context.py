@@ -25,9 +25,9 @@ from blendstudy import optimize
 from blendstudy.coco.evaluate import RunAp, compare_evaluated, evaluate_run
 from blendstudy.data.coco import CocoDataset
 from blendstudy.data.images import read_image
+from blendstudy.loading import LoadedPipeline, load_pipeline
 from blendstudy.measure.agreement import AccuracyReport, GateThresholds, RecordedRun, compare_runs
 from blendstudy.pipeline import Pipeline
-from blendstudy.predictor import LoadedPipeline, load_pipeline
 from blendstudy.runtime import RuntimeConfig, runtime_candidates
 from blendstudy.structures import Detections
 from blendstudy.study.params import (
@@ -180,7 +180,7 @@ def context(spec: StudySpec) -> Context:
     if spec not in _CONTEXTS:
         params = spec.load_params()
         loaded = load_pipeline(resolve_config(params), resolve_weights(params), params.device,
-                               params.model.score_thresh, warn_random=False)
+                               params.model.score_thresh, warn_random=False, random_init=params.model.random_init)
         images = {p.name: read_image(p) for p in benchmark_images(params, spec.max_images)}
         _CONTEXTS[spec] = Context(spec, params, loaded, images)
     return _CONTEXTS[spec]

@@ -55,6 +55,7 @@ class EvalJob:
     image_dir: str
     out_dir: str
     weights: Optional[str] = None
+    random_init: str = "adelaidet"
     device: str = "auto"
     devices: Optional[List[str]] = None
     recipe: str = "baseline"
@@ -81,6 +82,7 @@ class EvalJob:
         """The `eval` command's arguments for this job (from_args of their parse gives it back)."""
         out = ["--config", self.config, "--annotations", self.annotations, "--image-dir", self.image_dir,
                "--out-dir", self.out_dir, "--device", self.device, "--recipe", self.recipe,
+               "--random-init", self.random_init,
                "--max-dets", str(self.max_dets), "--on-mismatch", self.on_mismatch,
                "--timeout-min", str(self.timeout_min)]
         optional = (("--weights", self.weights), ("--score-thresh", self.score_thresh),

@@ -57,9 +57,9 @@ from blendstudy.coco.store import RunMismatchError, check_run_config, run_paths
 from blendstudy.data.coco import CocoDataset
 from blendstudy.errors import UserError
 from blendstudy.jsonable import to_jsonable
+from blendstudy.loading import load_pipeline
 from blendstudy.measure.latency import LatencyStats
 from blendstudy.optimize import build_pipeline, recipe_switches
-from blendstudy.predictor import load_pipeline
 from blendstudy.results import EvalResult
 from blendstudy.runtime import load_runtime
 from blendstudy.study.eval_job import (
@@ -162,7 +162,8 @@ def run_eval_job(job: EvalJob, environ: Optional[Mapping[str, str]] = None) -> O
 def _run(job: EvalJob, env: RankEnv, device: torch.device, cores: Optional[List[int]], group: _Group,
          start: float, environ: Mapping[str, str]) -> Optional[EvalResult]:
     t0 = time.perf_counter()
-    loaded = load_pipeline(job.config, job.weights, str(device), job.score_thresh, warn_random=env.rank == 0)
+    loaded = load_pipeline(job.config, job.weights, str(device), job.score_thresh, warn_random=env.rank == 0,
+                           random_init=job.random_init)
     runtime = load_runtime(Path(job.runtime)) if job.runtime else None
     pipe = build_pipeline(loaded.pipeline, job.recipe, runtime=replace(runtime, cpu_cores=None) if runtime else None)
     load_s = time.perf_counter() - t0

@@ -173,6 +173,7 @@ def study_job(params: StudyParams, spec: StudySpec, recipe: Optional[str] = None
     return EvalJob(config=resolve_config(params), annotations=str(dataset.ann_file.resolve()),
                    image_dir=str(dataset.image_dir.resolve()),
                    out_dir=str(out_dir or Path(spec.run_folder) / "p5_eval" / f"{recipe}_{stem}"), weights=weights,
+                   random_init=params.model.random_init,
                    device=device, devices=list(rank_devices) if rank_devices else None, recipe=recipe,
                    score_thresh=params.model.score_thresh, eval_score_thresh=e.score_thresh,
                    max_images=spec.max_images or e.max_images, max_dets=e.max_dets,

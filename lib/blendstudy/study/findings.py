@@ -122,10 +122,10 @@ def _pytorch(results: Results) -> List[Candidate]:
             out[stage] = _candidate(PYTORCH, stage, comp, rec.gate, rec.accuracy, _get(stats, "mean"))
     extras = _get(results["p4_pad64"].extra, "extras") if "p4_pad64" in results else None
     for name, comp in (_get(extras, "paired_vs_baseline") or {}).items():
-        run = extras.latency.get(name)
         if name in out:  # a stage's own record holds its gate
             continue
-        out[name] = _candidate(PYTORCH, name, comp, extras.gate, extras.accuracy, _get(_get(run, "stats"), "mean"))
+        stats = extras.latency.get(name)
+        out[name] = _candidate(PYTORCH, name, comp, extras.gate, extras.accuracy, _get(stats, "mean"))
     return list(out.values())
 
 

@@ -10,6 +10,7 @@ import html
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
 from blendstudy.results import ResultsFile
+from blendstudy.roofline_report import network_and_host
 from blendstudy.tables import ci_text, sig
 
 __all__ = ["FINDERS", "notebook_lines"]
@@ -64,16 +65,19 @@ def _stage(f: ResultsFile) -> str:
     pairs = [(prev, rec.previous)] + ([(base, "baseline")] if rec.previous != "baseline" else [])
     line = (f"{rec.stage}: " + ", ".join(f"{s or 'not paired'} vs {other}" for s, other in pairs)
             + f" (paired speedup); gate vs baseline: {'-' if gate is None else _gate_word(gate)}")
-    if rec.best is not None:
-        line += f"; best runtime setting: {rec.best.config.name}"
-    if rec.compile:
-        compiled = sum(1 for r in rec.compile if r.get("graph") == "compiled" and r.get("recipe") == rec.stage)
-        total = sum(1 for r in rec.compile if r.get("recipe") == rec.stage)
+    best = getattr(rec, "best", None)  # P2's (RuntimeStageResult)
+    if best is not None:
+        line += f"; best runtime setting: {best.config.name}"
+    rows = getattr(rec, "compile", None)  # P3's and P4's (CompileStageResult)
+    if rows:
+        compiled = sum(1 for r in rows if r.graph == "compiled" and r.recipe == rec.stage)
+        total = sum(1 for r in rows if r.recipe == rec.stage)
         line += f"; {compiled} of {total} padded shapes compiled"
-    if rec.extras is not None and rec.extras.paired_vs_baseline:
-        name, c = max(rec.extras.paired_vs_baseline.items(), key=lambda kv: kv[1].median_speedup)
+    extras = getattr(rec, "extras", None)  # P4's (PaddingStageResult)
+    if extras is not None and extras.paired_vs_baseline:
+        name, c = max(extras.paired_vs_baseline.items(), key=lambda kv: kv[1].median_speedup)
         line += (f"; fastest extra: {name} {ci_text(c.median_speedup, c.ci_low, c.ci_high)} vs baseline "
-                 f"(gate: {_gate_word(rec.extras.gate.get(f'{name} vs baseline'))})")
+                 f"(gate: {_gate_word(extras.gate.get(f'{name} vs baseline'))})")
     return line
 
 
@@ -86,9 +90,10 @@ def _offline(f: ResultsFile) -> str:
     name, c = max(paired.items(), key=lambda kv: kv[1].median_speedup)
     vs = _paired(rec, f"{name} vs {rec.fastest}")
     failed = f"; failed: {', '.join(rec.errors)}" if rec.errors else ""
+    why = network_and_host(rec.roofline, rec.fastest, name) if rec.fastest != name else None
     return (f"fastest backend: {name}, {ci_text(c.median_speedup, c.ci_low, c.ci_high)} vs baseline"
             + (f", {vs} vs {rec.fastest}" if vs else "") + " (paired speedup); gate vs baseline: "
-            + _gate_word(rec.gate.get(f"{name} vs baseline")) + failed)
+            + _gate_word(rec.gate.get(f"{name} vs baseline")) + failed + (f". Roofline: {why}" if why else ""))
 
 
 def _eval(f: ResultsFile) -> str:

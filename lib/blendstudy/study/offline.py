@@ -1,8 +1,8 @@
 """P6's measuring steps (run INSIDE worker processes): the network's dense part exported to ONNX
-and run by an offline runtime (ONNX Runtime, OpenVINO, Ascend om), the host side -- pre-processing,
+and run by an offline engine (ONNX Runtime, OpenVINO, Ascend om), the host side -- pre-processing,
 decode, blender, paste -- exactly the study's pipeline with the host switches of a recipe.
 
-The params' ``offline`` section says which runtimes, which input shapes (``static``: one fixed-size
+The params' ``offline`` section says which engines, which input shapes (``static``: one fixed-size
 model per padded size the images give, as P4's compiled graphs; ``dynamic``: one model for any
 H, W), whose host switches (``host_recipe``) and whether to try int8. Durations in ms, sizes MiB.
 """
@@ -12,8 +12,9 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from blendstudy import optimize
 from blendstudy.backends import (
@@ -26,40 +27,66 @@ from blendstudy.backends import (
     soc_version,
 )
 from blendstudy.data.images import read_image
+from blendstudy.device import no_native_bf16
 from blendstudy.measure.latency import measure_latency, paired_compare
 from blendstudy.measure.memory import process_memory
 from blendstudy.measure.profile import profile_stages
+from blendstudy.measure.roofline import RooflineRow
 from blendstudy.measure.worker import process_info
 from blendstudy.pipeline import Pipeline
-from blendstudy.results import LatencyResult
+from blendstudy.results import BackendMeasurement, LatencyResult
 from blendstudy.study.context import Context, StudySpec, context
-from blendstudy.study.offline_int8 import int8_methods, nncf_variant
+from blendstudy.study.offline_int8 import int8_methods
 from blendstudy.study.params import open_dataset, resolve_config
-from blendstudy.study.roofline import backend_roofline
+from blendstudy.study.roofline import backend_roofline, recipe_roofline
 from blendstudy.study.steps import distinct_shapes, warm_shapes
 
-__all__ = ["compile_om", "export_variant", "fastest_recipe", "int8_variants", "measure_backend", "measure_memory",
-           "offline_settings", "padded_sizes", "quantize_variant", "settings"]
+__all__ = ["OfflineSettings", "bf16_plan", "compile_om", "export_variant", "fastest_recipe", "measure_backend",
+           "measure_memory", "offline_settings", "padded_sizes", "quantize_variant", "recipe_rows", "settings"]
 
 
+@dataclass(frozen=True)
+class OfflineSettings:
+    """The params' ``offline`` section as this study's device resolves it (its defaults:
+    blendstudy.study.params_schema.OfflineParams): the host recipe named, the int8 methods checked,
+    and whether a bf16 variant is made (``bf16``) or why not (``bf16_why``)."""
 
-def settings(spec: StudySpec) -> Dict[str, Any]:
+    backends: List[str]
+    shapes: List[str]
+    host_recipe: str
+    int8: List[str]
+    calibration_images: int
+    compare_recipe: Optional[str]
+    bf16: bool
+    bf16_why: Optional[str]
+
+
+def settings(spec: StudySpec) -> OfflineSettings:
     """offline_settings as a worker sees the study (its device decides the default host recipe)."""
     return offline_settings(context(spec))
 
 
-def offline_settings(ctx: Context) -> Dict[str, Any]:
-    """The params' ``offline`` section (its defaults: blendstudy.study.params_schema.OfflineParams),
-    the host recipe resolved for this device and the int8 methods named."""
+def offline_settings(ctx: Context) -> OfflineSettings:
+    """The params' ``offline`` section resolved for ``ctx``'s device."""
     o = ctx.params.offline
-    return {"backends": list(o.backends), "shapes": list(o.shapes),
-            "host_recipe": o.host_recipe or ("best_cpu" if ctx.device.type == "cpu" else "best"),
-            "int8": int8_methods(o.int8), "calibration_images": o.calibration_images,
-            "compare_recipe": o.compare_recipe}
+    make, why = bf16_plan(o.bf16, ctx.device)
+    return OfflineSettings(list(o.backends), list(o.shapes),
+                           o.host_recipe or ("best_cpu" if ctx.device.type == "cpu" else "best"),
+                           int8_methods(o.int8), int(o.calibration_images), o.compare_recipe, make, why)
+
+
+def bf16_plan(wanted: Any, device: Any) -> Tuple[bool, Optional[str]]:
+    """The params' ``offline.bf16``: (whether P6 adds a bf16 variant, the reason when it does not).
+    "auto" makes it where the CPU computes bfloat16 natively (device.no_native_bf16), true always,
+    false never."""
+    why = no_native_bf16(device)
+    if wanted is False or wanted is None:
+        return False, "offline.bf16 is false"
+    return wanted is True or why is None, why
 
 
 def _host_pipeline(ctx: Context, host_recipe: str) -> Pipeline:
-    return ctx.pipeline("+".join(["baseline", *optimize.host_switches(host_recipe)]))
+    return ctx.pipeline(optimize.host_recipe(host_recipe))
 
 
 def padded_sizes(spec: StudySpec, host_recipe: str) -> List[str]:
@@ -141,37 +168,42 @@ def quantize_variant(spec: StudySpec, exported: Dict[str, Any], host_recipe: str
             "calibration": f"{calib.ann_file.name}: {min(images, len(calib))} images", "process": process_info()}
 
 
-def _backend(ctx: Context, runtime: str, exported: Dict[str, Any]):
+def _backend(ctx: Context, engine: str, exported: Dict[str, Any]):
     config, weights = resolve_config(ctx.params), ctx.loaded.weights or "random"
+    options = {"properties": {"INFERENCE_PRECISION_HINT": "bf16"}} if exported.get("precision") == "bf16" else {}
     dirs = exported["dirs"]
     if "dynamic" in dirs:
-        return load_backend(runtime, dirs["dynamic"], config=config, checkpoint=weights)
-    return PerShapeBackend({tuple(int(v) for v in k.split("x")): load_backend(runtime, d, config=config,
-                                                                            checkpoint=weights)
+        return load_backend(engine, dirs["dynamic"], config=config, checkpoint=weights, **options)
+    return PerShapeBackend({tuple(int(v) for v in k.split("x")): load_backend(engine, d, config=config,
+                                                                            checkpoint=weights, **options)
                             for k, d in dirs.items()})
 
 
-def offline_pipeline(ctx: Context, runtime: str, exported: Dict[str, Any], host_recipe: str) -> Tuple[Pipeline, float]:
-    """(the host recipe's pipeline with its dense part run by ``runtime``, session creation s)."""
+def _precision(exported: Dict[str, Any]) -> str:
+    return str(exported.get("precision") or ("int8" if exported.get("int8") else "fp32"))
+
+
+def offline_pipeline(ctx: Context, engine: str, exported: Dict[str, Any], host_recipe: str) -> Tuple[Pipeline, float]:
+    """(the host recipe's pipeline with its dense part run by ``engine``, session creation s)."""
     t0 = time.perf_counter()
-    backend = _backend(ctx, runtime, exported)
+    backend = _backend(ctx, engine, exported)
     session_s = time.perf_counter() - t0
-    pipe = optimize.build_pipeline(ctx.loaded.pipeline, "+".join(["baseline", *optimize.host_switches(host_recipe)]))
+    pipe = optimize.build_pipeline(ctx.loaded.pipeline, optimize.host_recipe(host_recipe))
     pipe.dense = backend
     pipe.recipe_info["dense"] = backend.describe()
     return pipe, session_s
 
 
-def measure_backend(spec: StudySpec, runtime: str, exported: Dict[str, Any], host_recipe: str,
-                    fastest: str) -> Dict[str, Any]:
+def measure_backend(spec: StudySpec, engine: str, exported: Dict[str, Any], host_recipe: str,
+                    fastest: str) -> BackendMeasurement:
     """One offline backend in this (fresh) process: session creation apart, the first call of each
     shape, peak memory after one pass over the benchmark images (before any PyTorch recipe is
     built here: what a process running only this backend needs, as measure_memory would give in
     a process of its own), latency, paired A/B against the baseline AND against the fastest
     PyTorch recipe (``fastest``), the gate against the baseline, and where the time goes."""
     ctx = context(spec)
-    label = f"{runtime} {exported['kind']}"
-    pipe, session_s = offline_pipeline(ctx, runtime, exported, host_recipe)
+    label = f"{engine} {exported['kind']}"
+    pipe, session_s = offline_pipeline(ctx, engine, exported, host_recipe)
     first_ms = [measure_latency(pipe, {n: ctx.images[n]}, ctx.device, warmup=0, repeats=1,
                                 progress=False).first_call_ms for n in distinct_shapes(ctx, pipe).values()]
     memory = _memory_after_pass(ctx, pipe, label)
@@ -189,14 +221,14 @@ def measure_backend(spec: StudySpec, runtime: str, exported: Dict[str, Any], hos
     p = ctx.params.profile
     profile = profile_stages(pipe, list(ctx.images.values())[: p.images], warmup=p.warmup, repeats=p.repeats,
                              progress=False)
-    row = {"backend": label, "runtime": runtime, "shapes": exported["kind"], "host recipe": host_recipe,
+    row = {"backend": label, "runtime": engine, "shapes": exported["kind"], "host recipe": host_recipe,
            "models": len(exported["dirs"]), "export s": exported["export_s"], "session s": session_s,
-           "first call ms (per shape)": first_ms, "steady mean ms": run.stats.mean,
+           "precision": _precision(exported), "first call ms (per shape)": first_ms,
+           "steady mean ms": run.stats.mean,
            "providers": pipe.recipe_info["dense"].get("providers") or pipe.recipe_info["dense"].get("models")}
-    roofline = backend_roofline(ctx, label, pipe, int8=bool(exported.get("int8")),
-                                lazy=bool(exported.get("lazy_attention")))
-    return {"row": row, "latency": latency, "comparisons": pairs, "accuracy": accuracy, "gate": gate, "note": note,
-            "profile": profile, "memory": memory, "roofline": roofline}
+    roofline = backend_roofline(ctx, label, pipe, precision=_precision(exported),
+                                lazy=bool(exported.get("lazy_attention")), stage_ms=profile.stage_ms)
+    return BackendMeasurement(row, latency, pairs, accuracy, gate, note, profile, memory, roofline)
 
 
 def _memory_after_pass(ctx: Context, pipe: Pipeline, label: str) -> Dict[str, Any]:
@@ -208,7 +240,7 @@ def _memory_after_pass(ctx: Context, pipe: Pipeline, label: str) -> Dict[str, An
 def measure_memory(spec: StudySpec, what: str, exported: Optional[Dict[str, Any]] = None,
                    host_recipe: str = "best_cpu") -> Dict[str, Any]:
     """Peak memory of ONE pipeline in this (fresh) process: a PyTorch recipe (``what``) or an offline
-    runtime (``what`` = runtime name, ``exported`` its models), run once over the benchmark images."""
+    engine (``what`` = engine name, ``exported`` its models), run once over the benchmark images."""
     ctx = context(spec)
     if exported is None:
         pipe = ctx.pipeline(what)
@@ -234,22 +266,10 @@ def fastest_recipe(spec: StudySpec, candidates: Sequence[str]) -> str:
     return best
 
 
-# ---- the notebook kernel's side -------------------------------------------------------------
-def int8_variants(call: Callable[..., Any], settings: Dict[str, Any], exports: List[Dict[str, Any]],
-                  errors: Dict[str, str]) -> List[Dict[str, Any]]:
-    """The int8 variants the settings ask for, each made by ``call(fn, *args)`` in the stage's worker:
-    ONNX Runtime's QDQ of every export, NNCF's of the dynamic export fixed to every padded size. A
-    method that fails (a missing calibration split, a quantizer error) is one line in ``errors``."""
-    made: List[Dict[str, Any]] = []
-    host, n = settings["host_recipe"], settings["calibration_images"]
-    for method in settings["int8"]:
-        try:
-            if method == "onnxruntime":
-                made += [call(quantize_variant, e, host, n) for e in exports]
-                continue
-            dynamic = next((e for e in exports if e["kind"] == "dynamic"), None) \
-                or call(export_variant, "dynamic", host)
-            made.append(call(nncf_variant, dynamic, call(padded_sizes, host), host, n, method))
-        except Exception as exc:
-            errors[f"int8 {method}"] = str(exc).splitlines()[0]
-    return made
+def recipe_rows(spec: StudySpec, recipe: str) -> List[RooflineRow]:
+    """The roofline of PyTorch recipe ``recipe`` in this process (every padded shape compiled first),
+    beside the backends' in P6's table: what the offline networks are measured against."""
+    ctx = context(spec)
+    pipe = ctx.pipeline(recipe)
+    warm_shapes(ctx, recipe, pipe)
+    return recipe_roofline(ctx, recipe, pipe)

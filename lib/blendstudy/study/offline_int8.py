@@ -18,8 +18,8 @@ import numpy as np
 
 from blendstudy import optimize
 from blendstudy.backends.common import read_meta
-from blendstudy.backends.nncf_int8 import quantize_openvino, specialize
-from blendstudy.backends.runtimes import OpenVINOBackend
+from blendstudy.backends.engines import OpenVINOBackend
+from blendstudy.backends.nncf_int8 import calibration_batches, quantize_openvino, specialize
 from blendstudy.coco.evaluate import evaluate_run
 from blendstudy.data.images import read_image
 from blendstudy.measure.agreement import compare_runs
@@ -38,7 +38,7 @@ Run = Dict[str, Detections]
 
 
 def _host(ctx: Context, host_recipe: str) -> Pipeline:
-    return optimize.build_pipeline(ctx.loaded.pipeline, "+".join(["baseline", *optimize.host_switches(host_recipe)]))
+    return optimize.build_pipeline(ctx.loaded.pipeline, optimize.host_recipe(host_recipe))
 
 
 def _calibration(ctx: Context, images: int) -> Tuple[Any, Dict[str, np.ndarray]]:
@@ -98,7 +98,7 @@ def nncf_variant(spec: StudySpec, dynamic: Dict[str, Any], sizes: List[str], hos
     ctx = context(spec)
     host = _host(ctx, host_recipe)
     dataset, calib = _calibration(ctx, images)
-    batches = [host.prepare(im)[0].numpy() for im in calib.values()]
+    batches = calibration_batches(host.prepare, calib.values())
     src = dynamic["dirs"]["dynamic"]
     suffix = NNCF_METHODS[method]
     t0 = time.perf_counter()
@@ -119,7 +119,7 @@ def nncf_variant(spec: StudySpec, dynamic: Dict[str, Any], sizes: List[str], hos
             "process": process_info()}
 
 
-# ---- the notebook kernel's side: which int8 variants to make, and which runtime runs which ----------
+# ---- the notebook kernel's side: which int8 variants to make, and which engine runs which -----------
 INT8_METHODS = ("onnxruntime", "nncf", "nncf-accuracy")
 
 
@@ -136,12 +136,13 @@ def int8_methods(value: Any) -> List[str]:
     return methods
 
 
-def runs_on(runtime: str, exported: Dict[str, Any]) -> bool:
-    """Whether ``runtime`` serves the export variant: NNCF's IRs are OpenVINO's, the QDQ int8 graph
-    is ONNX Runtime's format, ATC compiles fixed shapes."""
+def runs_on(engine: str, exported: Dict[str, Any]) -> bool:
+    """Whether ``engine`` serves the export variant: NNCF's IRs are OpenVINO's, so is the bf16
+    variant (OpenVINO's inference precision), the QDQ int8 graph is ONNX Runtime's format, ATC
+    compiles fixed shapes."""
     kind = str(exported["kind"])
-    if "nncf" in kind:
-        return runtime == "openvino"
+    if "nncf" in kind or kind.endswith("-bf16"):
+        return engine == "openvino"
     if kind.endswith("int8"):
-        return runtime == "onnxruntime"
-    return kind == "static" if runtime == "om" else True
+        return engine == "onnxruntime"
+    return kind == "static" if engine == "om" else True

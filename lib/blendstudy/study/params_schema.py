@@ -84,6 +84,7 @@ class ModelParams(Section):
     weights: Optional[str] = None
     missing_weights: Literal["error", "random"] = "error"
     score_thresh: Optional[float] = None
+    random_init: Literal["adelaidet", "detecting"] = "adelaidet"  # blendstudy.loading.RANDOM_INITS
 
 
 @dataclass(eq=True)
@@ -145,6 +146,7 @@ class OfflineParams(Section):
     host_recipe: Optional[str] = None
     compare_recipe: Optional[str] = None
     int8: Union[None, bool, str, List[str]] = False  # methods: blendstudy.study.offline_int8.int8_methods
+    bf16: Union[bool, Literal["auto"]] = "auto"    # a bf16 OpenVINO variant: blendstudy.study.offline.bf16_plan
     calibration_images: int = 16
 
 

@@ -31,6 +31,8 @@ from blendstudy.results import (
     EvalResult,
     ExtrasResult,
     OfflineResult,
+    PaddingStageResult,
+    RuntimeStageResult,
     StageResult,
     SummaryResult,
     WeightsCheckResult,
@@ -46,7 +48,7 @@ from blendstudy.runtime import (
     worker_env,
     write_best_runtime,
 )
-from blendstudy.study import evaluation, offline, offline_int8, steps
+from blendstudy.study import evaluation, offline_stage, steps
 from blendstudy.study.context import StudySpec, runtime_candidates_here
 from blendstudy.study.params import StudyParams, check_paths, resolve_weights, run_dir, runtime_for, weights_label
 
@@ -200,7 +202,8 @@ def run_baseline(study: Study) -> BaselineResult:
 
 
 def run_stage(study: Study, stage: str, previous: str) -> StageResult:
-    """A stage (p0, p1, p3, p4) against ``previous`` and the baseline, in the stage's worker."""
+    """A stage (p0, p1, p3, p4) against ``previous`` and the baseline, in the stage's worker, as the
+    stage's own record (blendstudy.stage_results.STAGE_RECORDS)."""
     spec, runtime = stage_runtime(study, stage)
     return study.call(spec, steps.measure_stage, stage, previous, runtime)
 
@@ -241,7 +244,7 @@ def _candidates(study: Study) -> List[RuntimeConfig]:
     return study.call(spec, runtime_candidates_here, r.max_settings)
 
 
-def run_runtime_stage(study: Study) -> StageResult:
+def run_runtime_stage(study: Study) -> RuntimeStageResult:
     """P2: the sweep (one worker per setting, P1 pipeline), the best setting written to
     runtime/runtime_best.json (+ .sh), then P2 against P1 and the baseline as a REAL pair: the
     caller's environment in one worker, the best setting in another, the same image alternating
@@ -258,9 +261,9 @@ def run_runtime_stage(study: Study) -> StageResult:
     a, b = study.worker(a_spec), study.worker(b_spec)
     a_info = a.call(steps.prepare, study.spec, ["baseline", "p1"])
     b.call(steps.prepare, study.spec, ["p2"], runtime)
-    out = StageResult(stage="p2", previous="p1", recipes=optimize.describe_recipes(["baseline", "p1", "p2"]),
-                      sweep=sweep, best=best, best_files={k: str(v) for k, v in written.items()},
-                      weights=study.weights, random_weights=study.random_weights)
+    out = RuntimeStageResult(stage="p2", previous="p1", recipes=optimize.describe_recipes(["baseline", "p1", "p2"]),
+                             sweep=sweep, best=best, best_files={k: str(v) for k, v in written.items()},
+                             weights=study.weights, random_weights=study.random_weights)
     for recipe, w, rt in (("baseline", a, None), ("p1", a, None), ("p2", b, runtime)):
         out.add_latency(w.call(steps.measure_latency_of, study.spec, recipe, rt))
     t = study.params.timing
@@ -268,7 +271,7 @@ def run_runtime_stage(study: Study) -> StageResult:
         out.comparisons[f"p2 vs {other}"] = paired_timers(
             lambda i, o=other: a.call(steps.time_one, study.spec, o, i),
             lambda i: b.call(steps.time_one, study.spec, "p2", i, runtime),
-            a_info["images"], rounds=t.rounds, warmup=t.warmup, n_boot=t.n_boot, confidence=t.confidence,
+            a_info.images, rounds=t.rounds, warmup=t.warmup, n_boot=t.n_boot, confidence=t.confidence,
             progress=False, name_a=other, name_b="p2")
     out.accuracy, out.gate, out.ap_note = b.call(steps.gate, study.spec, [("baseline", "p2")], runtime)
     out.processes = {"p1 side": out.runs["p1"].process, "p2 side": out.runs["p2"].process}
@@ -285,60 +288,11 @@ def kernel_runtime(study: Study) -> Dict[str, Any]:
     return devices.effective_runtime()
 
 
-def _fastest_pytorch(study: Study, spec: WorkerSpec, host_recipe: str, named: Optional[str] = None) -> str:
-    """The PyTorch recipe P6 is paired against: ``offline.compare_recipe`` when the params name one,
-    else this run's fastest -- P4's fastest extra (its tail recipe) where P4 ran, else the faster of
-    the host recipe and p4 measured now."""
-    if named:
-        return str(named)
-    p4 = study.results("p4_pad64")
-    if isinstance(p4, StageResult) and p4.extras is not None and p4.extras.tail_recipe:
-        return p4.extras.tail_recipe
-    return study.call(spec, offline.fastest_recipe, list(dict.fromkeys([host_recipe, "p4"])))
-
-
 def run_offline(study: Study) -> OfflineResult:
-    """P6: export the dense part (static per padded size and/or dynamic; int8 where asked), then each
-    offline backend in a FRESH worker of its own -- session creation apart, latency, paired A/B
-    against the baseline and against the fastest PyTorch recipe, the gate against the baseline,
-    where the time goes, and its peak memory taken before any PyTorch recipe is built there -- and
-    the peak memory of the baseline and that recipe, each alone in a fresh process. A runtime that
-    is not installed (or cannot load its model) is reported in ``errors`` and the rest goes on."""
+    """P6 (blendstudy.study.offline_stage): the dense part exported and run by each offline engine,
+    every backend in a fresh worker of its own started with the stage's runtime."""
     spec, _ = stage_runtime(study, "p6")
-    s = study.call(spec, offline.settings)
-    out = OfflineResult(host_recipe=s["host_recipe"], weights=study.weights, random_weights=study.random_weights)
-    out.fastest = _fastest_pytorch(study, spec, s["host_recipe"], s["compare_recipe"])
-    exports = [study.call(spec, offline.export_variant, kind, s["host_recipe"]) for kind in s["shapes"]]
-    exports += offline.int8_variants(lambda fn, *a: study.call(spec, fn, *a), s, exports, out.errors)
-    out.exports = [{k: v for k, v in e.items() if k != "process"} for e in exports]
-    fresh = WorkerSpec(label="p6", env=spec.env, cpu_cores=spec.cpu_cores)
-    for runtime in s["backends"]:
-        for e in exports:
-            if not offline_int8.runs_on(runtime, e):
-                continue
-            label = f"{runtime} {e['kind']}"
-            try:
-                if runtime == "om":
-                    e = study.call(spec, offline.compile_om, e)
-                with Worker(fresh) as w:
-                    res = w.call(offline.measure_backend, study.spec, runtime, e, s["host_recipe"], out.fastest)
-            except Exception as exc:  # BackendError (runtime not installed ...), a dead worker
-                out.errors[label] = str(exc).splitlines()[0]
-                continue
-            out.backends.append(res["row"])
-            out.add_latency(res["latency"])
-            out.comparisons.update(res["comparisons"])
-            out.accuracy.update(res["accuracy"])
-            out.gate.update(res["gate"])
-            out.ap_note = res["note"]
-            out.profiles[label] = res["profile"]
-            out.roofline.extend(res["roofline"])
-            out.processes[label] = res["latency"].process
-            out.memory.append(res["memory"])
-    for recipe in dict.fromkeys(["baseline", out.fastest]):
-        with Worker(fresh) as w:
-            out.memory.insert(0 if recipe == "baseline" else 1, w.call(offline.measure_memory, study.spec, recipe))
-    return out
+    return offline_stage.run_offline(study, spec)
 
 
 def run_eval(study: Study, recipe: Optional[str] = None) -> EvalResult:
@@ -365,7 +319,7 @@ def summarize(study: Study) -> SummaryResult:
             out.accuracy.update(rec.accuracy)
             out.gate.update(rec.gate)
     p4 = results.get("p4_pad64")
-    if isinstance(p4, StageResult) and p4.extras is not None:
+    if isinstance(p4, PaddingStageResult) and p4.extras is not None:
         out.accuracy.update(p4.extras.accuracy)
         out.gate.update(p4.extras.gate)
     stages = list(stats)

@@ -65,17 +65,19 @@ def recipe_roofline(ctx: Context, name: str, pipe: Pipeline, images: Optional[in
     return rows(name, _profiled_ms(ctx, pipe, ims), flops, precision, peaks(ctx, list(precision.values())))
 
 
-def backend_roofline(ctx: Context, label: str, pipe: Pipeline, int8: bool, lazy: bool = False,
-                     images: Optional[int] = None) -> List[RooflineRow]:
+def backend_roofline(ctx: Context, label: str, pipe: Pipeline, precision: str, lazy: bool = False,
+                     images: Optional[int] = None, stage_ms: Optional[Dict[str, float]] = None) -> List[RooflineRow]:
     """Roofline rows of offline backend ``label`` whose pipeline (host switches + offline dense part)
-    is ``pipe``: the dense network's FLOPs are those of the eager network it was exported from
+    is ``pipe`` and whose dense network runs in ``precision`` ("fp32", "bf16" or "int8"): the dense
+    network's FLOPs are those of the eager network it was exported from
     (``lazy``: exported without the attention conv, which the host then runs at the detections; its
-    few FLOPs are counted in the dense network's)."""
+    few FLOPs are counted in the dense network's). ``stage_ms``: the pipeline's profile over the
+    same first ``images`` benchmark images when the caller has it (else it is measured here)."""
     ims = _images(ctx, images or ctx.params.profile.images)
     switches = [n for n in applied_switches(pipe) if n not in _COMPILE] + (["lazy_attention"] if lazy else [])
     twin = optimize.build_pipeline(ctx.loaded.pipeline, switches)
     per_stage = mean_stage_flops(twin, ims)
     dense = sum(per_stage.pop(s, 0.0) for s in ("backbone+FPN", "FCOS head", "basis module"))
     flops = {**per_stage, "dense network": dense}
-    precision = {"dense network": "int8" if int8 else "fp32"}
-    return rows(label, _profiled_ms(ctx, pipe, ims), flops, precision, peaks(ctx, list(precision.values())))
+    return rows(label, stage_ms or _profiled_ms(ctx, pipe, ims), flops, {"dense network": precision},
+                peaks(ctx, [precision]))

@@ -78,3 +78,13 @@ def roofline(study: Any, rows: Any, figure: str, title: str) -> List[Any]:
     path = roofline_report.plot_roofline(rows, study.figure(figure), title=title)
     return [tables.show(roofline_report.roofline_summary(rows), title="Roofline per pipeline"),
             tables.show(roofline_report.roofline_frame(rows), title="Roofline per part"), Image(filename=str(path))]
+
+
+def where_they_differ(rows: Any, reference: str, others: List[str]) -> Any:
+    """One line per pipeline of ``others`` against ``reference`` from the roofline rows: network and
+    host time, the network's precision and share of its peak (roofline_report.network_and_host)."""
+    from blendstudy import roofline_report
+
+    lines = [line for o in others if (line := roofline_report.network_and_host(rows, reference, o))]
+    return Markdown("\n".join(f"- {line}" for line in lines) if lines else
+                    f"No roofline rows of {reference} to set the backends against.")

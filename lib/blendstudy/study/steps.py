@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import platform
 import sys
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -27,20 +28,24 @@ from blendstudy.measure.worker import process_info
 from blendstudy.model.layers import DeformConvNorm
 from blendstudy.ops.deform_conv import deform_kernel_info
 from blendstudy.pipeline import Pipeline
-from blendstudy.results import (
-    BaselineResult,
-    EnvCheckResult,
-    ExtrasResult,
-    LatencyResult,
-    StageResult,
-    WeightsCheckResult,
-)
+from blendstudy.results import BaselineResult, EnvCheckResult, LatencyResult, WeightsCheckResult
 from blendstudy.runtime import RuntimeConfig
+from blendstudy.stage_results import (
+    STAGE_RECORDS,
+    CompileStageResult,
+    DecodeStageResult,
+    ExtrasResult,
+    PaddedShapes,
+    PaddingStageResult,
+    ResizeStageResult,
+    ShapeCompile,
+    StageResult,
+)
 from blendstudy.study.context import Context, StudySpec, context, study_device
 from blendstudy.study.params import profile_images
 from blendstudy.study.roofline import recipe_roofline
 
-__all__ = ["SEED_ENVIRONMENT", "check_environment", "check_weights", "measure_baseline", "measure_extras",
+__all__ = ["SEED_ENVIRONMENT", "Prepared", "check_environment", "check_weights", "measure_baseline", "measure_extras",
            "measure_latency_of", "measure_stage", "prepare", "time_one"]
 
 #: The seed study's machine (docs/reference_study.md), shown beside this run's.
@@ -92,7 +97,7 @@ def _graphs_compiled() -> int:
     return int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
 
 
-def warm_shapes(ctx: Context, recipe: str, pipe: Pipeline) -> List[Dict[str, Any]]:
+def warm_shapes(ctx: Context, recipe: str, pipe: Pipeline) -> List[ShapeCompile]:
     """Compile every input shape of a compiled recipe BEFORE anything is measured: one call per
     distinct shape, timed and reported apart, so no compile stall lands inside a measured sample.
     Each compiled part runs under the recipe's own recompile limit (optimize.CompileInfo: dynamo's
@@ -100,8 +105,8 @@ def warm_shapes(ctx: Context, recipe: str, pipe: Pipeline) -> List[Dict[str, Any
     process's setting untouched). A shape past the limit gets no graph and runs eager from then on
     (dynamo's behaviour, what the seed's P3 had): its row says "eager", with the number of
     benchmark images of that shape. Each compiled pipeline has its own code object
-    (optimize.own_forward), so a call that compiled no new graph ran eager. Returns one row per
-    shape (the same rows again for a pipeline already warmed); [] for a recipe that compiles nothing."""
+    (optimize.own_forward), so a call that compiled no new graph ran eager. Returns a ShapeCompile
+    per shape (the same rows again for a pipeline already warmed); [] for a recipe that compiles nothing."""
     info = pipe.recipe_info.get("compile")
     if info is None:
         return []
@@ -109,13 +114,12 @@ def warm_shapes(ctx: Context, recipe: str, pipe: Pipeline) -> List[Dict[str, Any
         return pipe.recipe_info["warm"]
     limit = int(getattr(info, "recompile_limit", None) or optimize.default_recompile_limit())
     pipe.recipe_info["recompile_limit"] = limit
-    rows: List[Dict[str, Any]] = []
+    rows: List[ShapeCompile] = []
     for shape, names in images_by_shape(ctx, pipe).items():
         graphs = _graphs_compiled()
         ms = timed_call(pipe, ctx.images[names[0]], ctx.device)
-        rows.append({"recipe": recipe, "shape (h, w)": list(shape), "pad multiple": pipe.pad_multiple,
-                     "image": names[0], "images": len(names), "first call ms": ms, "recompile limit": limit,
-                     "graph": "compiled" if _graphs_compiled() > graphs else "eager", "backend": info.backend})
+        rows.append(ShapeCompile(recipe, shape, pipe.pad_multiple, names[0], len(names), ms, limit,
+                                 "compiled" if _graphs_compiled() > graphs else "eager", str(info.backend)))
     pipe.recipe_info["warm"] = rows
     return rows
 
@@ -125,7 +129,9 @@ def _recipe_table(pipes: Dict[str, Pipeline]) -> List[Dict[str, Any]]:
 
 
 def _stage_record(ctx: Context, stage: str, previous: str, pipes: Dict[str, Pipeline]) -> StageResult:
-    return StageResult(stage=stage, previous=previous, recipes=_recipe_table(pipes), **ctx.model_info())
+    """The stage's own record (STAGE_RECORDS; the common StageResult for any other stage), empty."""
+    kind = STAGE_RECORDS.get(stage, StageResult)
+    return kind(stage=stage, previous=previous, recipes=_recipe_table(pipes), **ctx.model_info())
 
 
 # ---------------------------------------------------------------------------- steps
@@ -201,16 +207,18 @@ def deform_costs(ctx: Context, pipe: Pipeline, image: Any) -> List[Dict[str, Any
 
 
 def measure_stage(spec: StudySpec, stage: str, previous: str, runtime: Optional[RuntimeConfig] = None) -> StageResult:
-    """A stage against its previous stage and the baseline, in this process: compile every shape
-    first (reported apart), latency of each, paired A/B, the accuracy gate (decided once here), and
-    what the stage itself is about (P0: the resize's pixels, P1: decode profiled, P3: compiles,
-    P4: shapes and dynamo's counters)."""
+    """A stage against its previous stage and the baseline, in this process, as the stage's own
+    record (STAGE_RECORDS): compile every shape first (reported apart), latency of each, paired A/B,
+    the accuracy gate (decided once here), and what the stage itself is about (P0: the resize's
+    pixels, P1: decode profiled, P3: compiles, P4: compiles, shapes and dynamo's counters)."""
     ctx = context(spec)
     recipes = list(dict.fromkeys(["baseline", previous, stage]))
     pipes = {r: ctx.pipeline(r, runtime) for r in recipes}
     out = _stage_record(ctx, stage, previous, pipes)
     for r, pipe in pipes.items():
-        out.compile.extend(warm_shapes(ctx, r, pipe))
+        rows = warm_shapes(ctx, r, pipe)
+        if isinstance(out, CompileStageResult):
+            out.compile.extend(rows)
     for r, pipe in pipes.items():
         out.add_latency(_latency(ctx, r, pipe, runtime=runtime))
     out.comparisons = {f"{stage} vs {a}": _paired(ctx, a, stage, pipes, runtime)
@@ -218,21 +226,28 @@ def measure_stage(spec: StudySpec, stage: str, previous: str, runtime: Optional[
     outputs = {r: ctx.outputs(r, runtime) for r in recipes}
     pairs = [(r, stage) for r in dict.fromkeys(["baseline", previous])]
     out.accuracy, out.gate, out.ap_note = ctx.gates(outputs, pairs)
-    if stage == "p0":
+    _stage_part(ctx, out, pipes)
+    out.processes = {"stage": process_info()}
+    return out
+
+
+def _stage_part(ctx: Context, out: StageResult, pipes: Dict[str, Pipeline]) -> None:
+    """Fill in the stage's own part of its record: P0 the resized pixels against the baseline's,
+    P1 the stage profile of the previous stage and this one, P4 the distinct shapes at each
+    padding and dynamo's counters (P3's compile rows are filled as the shapes are warmed)."""
+    stage, previous = out.stage, out.previous
+    if isinstance(out, ResizeStageResult):
         out.resize_difference = resize_difference(pipes["baseline"], pipes[stage], ctx.images)
-    if stage == "p1":
+    if isinstance(out, DecodeStageResult):
         p = ctx.params.profile
         images = list(ctx.images.values())[: p.images]
         out.decode_profiles = {r: profile_stages(pipes[r], images, warmup=p.warmup, repeats=p.repeats, progress=False)
                                for r in (previous, stage)}
-    if stage == "p4":
-        out.shapes = [{"recipe": r, "pad multiple": pipes[r].pad_multiple, "distinct shapes": len(s),
-                       "shapes (h, w)": [list(x) for x in s]}
-                      for r in (previous, stage) for s in [sorted(distinct_shapes(ctx, pipes[r]))]]
+    if isinstance(out, PaddingStageResult):
+        out.shapes = [PaddedShapes(r, pipes[r].pad_multiple, sorted(distinct_shapes(ctx, pipes[r])))
+                      for r in (previous, stage)]
         out.dynamo_counters = {k: dict(v) for k, v in torch._dynamo.utils.counters.items()
                                if k in ("stats", "frames", "recompiles")}
-    out.processes = {"stage": process_info()}
-    return out
 
 
 def measure_extras(spec: StudySpec, stage: str, recipes: Sequence[str], runtime: Optional[RuntimeConfig] = None
@@ -259,7 +274,7 @@ def measure_extras(spec: StudySpec, stage: str, recipes: Sequence[str], runtime:
     for r, pipe in pipes.items():
         warm_shapes(ctx, r, pipe)
     for r, pipe in pipes.items():
-        out.latency[r] = _latency(ctx, r, pipe, runtime=runtime)
+        out.add_latency(_latency(ctx, r, pipe, runtime=runtime))
     extra = [r for r in pipes if r != stage]
     outputs = {r: ctx.outputs(r, runtime) for r in ["baseline", *extra]}
     out.accuracy, out.gate, _ = ctx.gates(outputs, [("baseline", r) for r in extra])
@@ -267,8 +282,8 @@ def measure_extras(spec: StudySpec, stage: str, recipes: Sequence[str], runtime:
     out.paired_vs_baseline = {r: _paired(ctx, "baseline", r, with_base, runtime) for r in pipes}
     out.roofline = [row for r, pipe in with_base.items() for row in recipe_roofline(ctx, r, pipe)]
     t = ctx.params.timing
-    fastest = min(out.latency, key=lambda r: out.latency[r].stats.p50)
-    run = out.latency[fastest]
+    fastest = min(out.runs, key=lambda r: out.runs[r].stats.p50)
+    run = out.runs[fastest]
     as_run = LatencyRun(run.samples_ms, run.labels, run.first_call_ms, run.warmup_ms, run.stats)
     control_name = median_input(as_run)
     control = measure_latency(pipes[fastest], {control_name: ctx.images[control_name]}, ctx.device,
@@ -294,13 +309,23 @@ def measure_latency_of(spec: StudySpec, recipe: str, runtime: Optional[RuntimeCo
     return _latency(ctx, recipe, pipe, {n: ctx.images[n] for n in names})
 
 
-def prepare(spec: StudySpec, recipes: Sequence[str], runtime: Optional[RuntimeConfig] = None) -> Dict[str, Any]:
+@dataclass
+class Prepared:
+    """A worker made ready for time_one (:func:`prepare`): its effective runtime (process), the
+    benchmark image names in the order time_one indexes them, and the study's device there."""
+
+    process: Dict[str, Any]
+    images: List[str]
+    device: str
+
+
+def prepare(spec: StudySpec, recipes: Sequence[str], runtime: Optional[RuntimeConfig] = None) -> Prepared:
     """Build (and compile every shape of) these recipes in this process, ready for time_one;
     returns the process's effective runtime and the image names in order."""
     ctx = context(spec)
     for r in recipes:
         warm_shapes(ctx, r, ctx.pipeline(r, runtime))
-    return {"process": process_info(), "images": list(ctx.images), "device": str(ctx.device)}
+    return Prepared(process_info(), list(ctx.images), str(ctx.device))
 
 
 def time_one(spec: StudySpec, recipe: str, index: int, runtime: Optional[RuntimeConfig] = None) -> float:

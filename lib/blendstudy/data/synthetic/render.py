@@ -31,7 +31,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 from PIL import Image
 
-from blendstudy.masks import encode_rle
+from blendstudy.coco.rle import encode_rle
 
 from .shapes import SHAPES, SIMPLY_CONNECTED, Placed, sample_placement
 

@@ -1,4 +1,4 @@
-"""Runtimes that serve the exported dense part to the pipeline: `backend(batch) -> (HeadOutputs, bases)`.
+"""Engines that serve the exported dense part to the pipeline: `backend(batch) -> (HeadOutputs, bases)`.
 
 onnxruntime (CPU; CUDA / TensorRT / CANN execution providers when asked for and installed), OpenVINO
 (compile_model on CPU or GPU) and Ascend .om through ais_bench's InferSession. `load_backend` checks the
@@ -45,10 +45,10 @@ def _device_index(device: str) -> int:
 
 
 class DenseBackend:
-    """The dense part of BlendMask behind a runtime. Callable: (1, 3, H, W) float32 batch ->
+    """The dense part of BlendMask behind an engine. Callable: (1, 3, H, W) float32 batch ->
     (HeadOutputs, bases) as torch float32 tensors on the batch's device.
 
-    name: the runtime; model_dir: the export directory; device: as asked ("cpu", "cuda:0", "npu:0");
+    name: the engine; model_dir: the export directory; device: as asked ("cpu", "cuda:0", "npu:0");
     providers: what actually runs it (execution providers / OpenVINO device / NPU id);
     session_seconds: time to create (compile, load) the session; meta: model.json."""
 
@@ -89,9 +89,9 @@ class DenseBackend:
                 "providers": list(self.providers), "session_seconds": round(self.session_seconds, 3),
                 "dynamic": self.dynamic, "input_size": list(self.input_size) if self.input_size else None,
                 "config": m.get("config"), "checkpoint_sha256": m.get("checkpoint_sha256"),
-                "exporter": m.get("exporter"), "opset": m.get("opset"), "runtime_version": self.runtime_version()}
+                "exporter": m.get("exporter"), "opset": m.get("opset"), "runtime_version": self.engine_version()}
 
-    def runtime_version(self) -> Optional[str]:
+    def engine_version(self) -> Optional[str]:
         return None
 
     def close(self) -> None:
@@ -170,7 +170,7 @@ class OnnxRuntimeBackend(DenseBackend):
     def run_arrays(self, images: np.ndarray) -> Dict[str, np.ndarray]:
         return dict(zip(self.output_names, self.session.run(self.output_names, {INPUT_NAME: images})))
 
-    def runtime_version(self) -> Optional[str]:
+    def engine_version(self) -> Optional[str]:
         return str(self._ort.__version__)
 
 
@@ -235,6 +235,11 @@ class OpenVINOBackend(DenseBackend):
         self.request = self.compiled.create_infer_request()
         self.session_seconds = time.perf_counter() - t0
         self.providers = [str(d) for d in self.compiled.get_property("EXECUTION_DEVICES")]
+        try:  # the precision its floating-point layers run in (f32 as exported, or bf16 when asked)
+            hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")  # an ov.Type: "f32", "bf16"
+            self.precision = str(hint.get_type_name() if hasattr(hint, "get_type_name") else hint)
+        except Exception:  # a device plugin without the property
+            self.precision = None
         self._outputs = []
         for port in self.compiled.outputs:
             names = set(port.get_names())
@@ -248,7 +253,7 @@ class OpenVINOBackend(DenseBackend):
         res = self.request.infer({INPUT_NAME: images})
         return {name: np.array(res[port], copy=True) for name, port in self._outputs}
 
-    def runtime_version(self) -> Optional[str]:
+    def engine_version(self) -> Optional[str]:
         return str(self._ov.get_version())
 
 
@@ -312,7 +317,7 @@ class OmBackend(DenseBackend):
         if free is not None:
             free()
 
-    def runtime_version(self) -> Optional[str]:
+    def engine_version(self) -> Optional[str]:
         try:
             from importlib.metadata import version
 
@@ -348,7 +353,7 @@ def _check_config(model_dir: Path, meta: Mapping[str, Any], config: Any) -> None
 
 def _check_checkpoint(model_dir: Path, meta: Mapping[str, Any], checkpoint: str) -> None:
     from blendstudy.checkpoint import file_sha256
-    from blendstudy.predictor import resolve_weights
+    from blendstudy.loading import resolve_weights
 
     path = resolve_weights(checkpoint)
     if path is not None and not Path(path).is_file():
@@ -363,7 +368,7 @@ def _check_checkpoint(model_dir: Path, meta: Mapping[str, Any], checkpoint: str)
 
 def load_backend(name: str, model_dir: PathLike, device: Optional[str] = None, config: Any = None,
                  checkpoint: Optional[str] = None, **options: Any) -> DenseBackend:
-    """The dense part exported in `model_dir`, served by runtime `name` ("onnxruntime", "openvino", "om").
+    """The dense part exported in `model_dir`, served by engine `name` ("onnxruntime", "openvino", "om").
 
     device: "cpu" (default for onnxruntime/openvino), "cuda[:N]", "tensorrt[:N]", "npu[:N]" (default for om).
     config: a config name/path or Config; its network keys must match the export's (else stale).

@@ -55,11 +55,30 @@ def resolve_weights(weights: Optional[str]) -> Optional[str]:
     return str(weights)
 
 
+#: How a model without a checkpoint is initialised (``random_init``): "adelaidet" = AdelaiDet's own
+#: initialisation, seeded -- its classifier prior (0.01) leaves almost nothing above the 0.05 test
+#: threshold, so decode, blender and paste measure empty work; "detecting" = the same with the
+#: classifier's bias at prior 0.5 and the box regression's at +2 strides (boxes of positive size),
+#: so that POST_NMS_TOPK_TEST instances (100) per image survive NMS: the load a trained model puts
+#: on the host stages. A checkpoint's weights replace either.
+RANDOM_INITS = ("adelaidet", "detecting")
+
+
+def detecting_init(model: BlendMask) -> None:
+    """The "detecting" random initialisation (RANDOM_INITS) applied to ``model``'s FCOS head."""
+    head = model.proposal_generator.fcos_head
+    with torch.no_grad():
+        head.cls_logits.bias.zero_()
+        head.bbox_pred.bias.fill_(2.0)
+
+
 def load_pipeline(config: Union[str, Path], weights: Optional[str] = None, device: str = "auto",
                   score_thresh: Optional[float] = None, options: Optional[PipelineOptions] = None,
-                  seed: int = 0, warn_random: bool = True) -> LoadedPipeline:
+                  seed: int = 0, warn_random: bool = True, random_init: str = "adelaidet") -> LoadedPipeline:
     """Config + checkpoint (strict) + device -> Pipeline. Without weights the model keeps its seeded
-    random initialisation and a warning says so on stderr."""
+    random initialisation (``random_init``: one of RANDOM_INITS) and a warning says so on stderr."""
+    if random_init not in RANDOM_INITS:
+        raise ValueError(f"random_init must be one of {RANDOM_INITS}, not {random_init!r}")
     overrides = {}
     if score_thresh is not None:
         overrides["MODEL.FCOS.INFERENCE_TH_TEST"] = float(score_thresh)
@@ -71,9 +90,12 @@ def load_pipeline(config: Union[str, Path], weights: Optional[str] = None, devic
     report = None
     if path is not None:
         report = load_weights(model, path, strict=True)
-    elif warn_random:
-        print(f"blendstudy: no --weights given: {config} runs with RANDOM weights (seed {seed}); "
-              "detections are meaningless", file=sys.stderr)
+    else:
+        if random_init == "detecting":
+            detecting_init(model)
+        if warn_random:
+            print(f"blendstudy: no --weights given: {config} runs with RANDOM weights (seed {seed}, "
+                  f"{random_init} initialisation); detections are meaningless", file=sys.stderr)
     model.to(dev).eval()
     pipe = Pipeline.from_config(cfg, model, options)
     return LoadedPipeline(pipe, cfg, str(config), path, report, dev)
