@@ -30,9 +30,10 @@
 # model per padded size (as P4's compiled graphs) and/or one with dynamic H/W, optionally int8
 # (calibrated on training images, never the evaluation images) and, where the CPU computes bfloat16
 # natively, the fp32 model run by OpenVINO in bf16 (the precision best_cpu's half switches use). The
-# host side is the study's own pipeline with the host switches of the best PyTorch recipe. Each
-# backend runs in a fresh worker process of its own: session creation apart from steady latency,
-# paired A/B against the baseline
+# host side is the study's own pipeline with the host switches of the best PyTorch recipe -- on a CPU
+# without pad 64 (`offline_cpu`): that is P4's remedy for dynamo's recompile limit, which an offline
+# engine does not have. Each backend runs in a fresh worker process of its own: session creation
+# apart from steady latency, paired A/B against the baseline
 # and against the fastest PyTorch recipe, the accuracy gate against the fp32 baseline, and peak
 # memory (seed 004's column) of each pipeline alone in its process.
 

@@ -113,6 +113,11 @@ RECIPES: Dict[str, List[str]] = {
     # (the measurements behind each choice: README, "What we found")
     "best_cpu": ["device_resize", "runtime", "compile_backbone", "pad64", "fold_bn", "raw_masks", "channels_last",
                  "lazy_attention", "blend_matmul", "blend_chunks", "mixed_half", "half_towers"],
+    # P6's host side on a CPU: best_cpu's host switches and its lazy attention WITHOUT pad64, which is
+    # P4's remedy for dynamo's recompile limit -- an offline engine has none, its static models are one
+    # per padded size either way, and on the embedded default pad 64 moves the detections past the gate
+    # (README, "What we found"); on an accelerator P6 keeps best's (ATC compiles one model per shape)
+    "offline_cpu": ["device_resize", "runtime", "raw_masks", "lazy_attention", "blend_matmul", "blend_chunks"],
 }
 STAGE_RECIPES = ["baseline", "p0", "p1", "p2", "p3", "p4"]
 

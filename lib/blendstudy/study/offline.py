@@ -71,7 +71,7 @@ def offline_settings(ctx: Context) -> OfflineSettings:
     o = ctx.params.offline
     make, why = bf16_plan(o.bf16, ctx.device)
     return OfflineSettings(list(o.backends), list(o.shapes),
-                           o.host_recipe or ("best_cpu" if ctx.device.type == "cpu" else "best"),
+                           o.host_recipe or ("offline_cpu" if ctx.device.type == "cpu" else "best"),
                            int8_methods(o.int8), int(o.calibration_images), o.compare_recipe, make, why)
 
 
