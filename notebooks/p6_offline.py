@@ -115,8 +115,8 @@ display(sections.stages(study, result.profiles))
 display(*sections.roofline(study, result.roofline, "p6_roofline.png", "P6: each part's FLOP/s, % of its peak"))
 # %% [markdown]
 # Each backend against the PyTorch recipe it is paired with (its roofline rows come first in the table,
-# measured in the stage's worker): is the difference the network -- its precision, its share of the
-# peak -- or the host work around it?
+# P4's where P4 measured that recipe, else measured in the stage's worker): is the difference the
+# network -- its precision, its share of the peak -- or the host work around it?
 # %%
 display(sections.where_they_differ(result.roofline, result.fastest, [b["backend"] for b in result.backends]))
 

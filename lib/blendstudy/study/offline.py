@@ -237,19 +237,13 @@ def _memory_after_pass(ctx: Context, pipe: Pipeline, label: str) -> Dict[str, An
     return {"pipeline": label, **process_memory(ctx.device), "process": process_info()}
 
 
-def measure_memory(spec: StudySpec, what: str, exported: Optional[Dict[str, Any]] = None,
-                   host_recipe: str = "best_cpu") -> Dict[str, Any]:
-    """Peak memory of ONE pipeline in this (fresh) process: a PyTorch recipe (``what``) or an offline
-    engine (``what`` = engine name, ``exported`` its models), run once over the benchmark images."""
+def measure_memory(spec: StudySpec, recipe: str) -> Dict[str, Any]:
+    """Peak memory of ONE PyTorch recipe in this (fresh) process, run once over the benchmark images
+    after its shapes are compiled (an offline backend's is taken in measure_backend's own worker)."""
     ctx = context(spec)
-    if exported is None:
-        pipe = ctx.pipeline(what)
-        warm_shapes(ctx, what, pipe)
-        label = what
-    else:
-        pipe, _ = offline_pipeline(ctx, what, exported, host_recipe)
-        label = f"{what} {exported['kind']}"
-    return _memory_after_pass(ctx, pipe, label)
+    pipe = ctx.pipeline(recipe)
+    warm_shapes(ctx, recipe, pipe)
+    return _memory_after_pass(ctx, pipe, recipe)
 
 
 def fastest_recipe(spec: StudySpec, candidates: Sequence[str]) -> str:

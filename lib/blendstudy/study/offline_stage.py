@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Optional
 
+from blendstudy.measure.roofline import RooflineRow
 from blendstudy.measure.worker import Worker, WorkerSpec
-from blendstudy.results import OfflineResult, PaddingStageResult
+from blendstudy.results import ExtrasResult, OfflineResult, PaddingStageResult
 from blendstudy.study import offline, offline_int8
 from blendstudy.study.offline import OfflineSettings
 
-__all__ = ["bf16_variant", "fastest_pytorch", "int8_variants", "run_offline"]
+__all__ = ["bf16_variant", "fastest_pytorch", "int8_variants", "recipe_roofline", "run_offline"]
 
 
 def int8_variants(call: Callable[..., Any], s: OfflineSettings, exports: List[Dict[str, Any]],
@@ -49,16 +50,29 @@ def bf16_variant(exports: List[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
     return {**e, "kind": f"{e['kind']}-bf16", "precision": "bf16", "export_s": 0.0}
 
 
-def fastest_pytorch(study: Any, spec: WorkerSpec, host_recipe: str, named: Optional[str] = None) -> str:
+def _p4_extras(study: Any) -> Optional[ExtrasResult]:
+    """P4's extras of this run, where P4 ran them (read once per P6)."""
+    p4 = study.results("p4_pad64")
+    return p4.extras if isinstance(p4, PaddingStageResult) else None
+
+
+def fastest_pytorch(study: Any, spec: WorkerSpec, host_recipe: str, named: Optional[str] = None,
+                    extras: Optional[ExtrasResult] = None) -> str:
     """The PyTorch recipe P6 is paired against: ``offline.compare_recipe`` when the params name one,
-    else this run's fastest -- P4's fastest extra (its tail recipe) where P4 ran, else the faster of
-    the host recipe and p4 measured now."""
+    else this run's fastest -- P4's fastest extra (its tail recipe, from ``extras``) where P4 ran,
+    else the faster of the host recipe and p4 measured now."""
     if named:
         return str(named)
-    p4 = study.results("p4_pad64")
-    if isinstance(p4, PaddingStageResult) and p4.extras is not None and p4.extras.tail_recipe:
-        return p4.extras.tail_recipe
+    if extras is not None and extras.tail_recipe:
+        return extras.tail_recipe
     return study.call(spec, offline.fastest_recipe, list(dict.fromkeys([host_recipe, "p4"])))
+
+
+def recipe_roofline(study: Any, spec: WorkerSpec, recipe: str, extras: Optional[ExtrasResult]) -> List[RooflineRow]:
+    """The roofline rows of the PyTorch recipe the backends are paired against: P4's, where its
+    extras measured that recipe (same machine, same functions), else measured now in the stage's worker."""
+    rows = [r for r in (extras.roofline if extras is not None else []) if r.pipeline == recipe]
+    return rows or study.call(spec, offline.recipe_rows, recipe)
 
 
 def _variants(study: Any, spec: WorkerSpec, s: OfflineSettings, out: OfflineResult) -> List[Dict[str, Any]]:
@@ -76,12 +90,14 @@ def _variants(study: Any, spec: WorkerSpec, s: OfflineSettings, out: OfflineResu
 def run_offline(study: Any, spec: WorkerSpec) -> OfflineResult:
     """P6 with the stage's worker ``spec``: export the dense part (static per padded size and/or
     dynamic; int8 and bf16 where asked), then each offline backend in a FRESH worker of its own
-    (offline.measure_backend), the roofline of the PyTorch recipe they are paired against, and the
+    (offline.measure_backend), the roofline of the PyTorch recipe they are paired against (P4's where
+    it has it), and the
     peak memory of the baseline and that recipe, each alone in a fresh process. An engine that is
     not installed (or cannot load its model) is reported in ``errors`` and the rest goes on."""
     s: OfflineSettings = study.call(spec, offline.settings)
     out = OfflineResult(host_recipe=s.host_recipe, weights=study.weights, random_weights=study.random_weights)
-    out.fastest = fastest_pytorch(study, spec, s.host_recipe, s.compare_recipe)
+    extras = _p4_extras(study)
+    out.fastest = fastest_pytorch(study, spec, s.host_recipe, s.compare_recipe, extras)
     exports = _variants(study, spec, s, out)
     fresh = WorkerSpec(label="p6", env=spec.env, cpu_cores=spec.cpu_cores)
     for engine in s.backends:
@@ -95,8 +111,8 @@ def run_offline(study: Any, spec: WorkerSpec) -> OfflineResult:
                     out.add_backend(w.call(offline.measure_backend, study.spec, engine, e, s.host_recipe, out.fastest))
             except Exception as exc:  # BackendError (engine not installed ...), a dead worker
                 out.errors[f"{engine} {e['kind']}"] = str(exc).splitlines()[0]
-    if out.backends:  # the PyTorch recipe they are paired against, in the stage's worker, first in the table
-        out.roofline[:0] = study.call(spec, offline.recipe_rows, out.fastest)
+    if out.backends:  # the PyTorch recipe they are paired against, first in the table
+        out.roofline[:0] = recipe_roofline(study, spec, out.fastest, extras)
     for recipe in dict.fromkeys(["baseline", out.fastest]):
         with Worker(fresh) as w:
             out.memory.insert(0 if recipe == "baseline" else 1, w.call(offline.measure_memory, study.spec, recipe))
